@@ -1,0 +1,304 @@
+"""train.py: the hand-written AdamW equals PyTorch's, the schedule is what the formulas say,
+accumulation is exact, resuming is bit-exact, fp16 skips and counts overflowing steps, and bad
+checkpoints and diverging runs stop with a clear message."""
+
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import torch
+
+import data
+import train
+from model import GPT, ModelConfig, param_groups
+
+REPO = Path(__file__).parents[1]
+TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "4",
+        "--device", "cpu", "--dtype", "float32", "--lr", "3e-3", "--warmup_steps", "2",
+        "--eval_interval", "1000", "--ckpt_interval", "1000", "--eval_iters", "4"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A small prepared corpus: a few sentences repeated, easy to learn."""
+    folder = tmp_path_factory.mktemp("corpus")
+    sentences = ["The cat sat on the mat.", "A dog ran in the park.", "Birds sing in the morning.",
+                 "The sun is warm today.", "We read a book at night."]
+    (folder / "text.txt").write_text(" ".join(sentences[i * 7 % 5] for i in range(400)), encoding="utf-8")
+    data.prepare(folder / "prepared", text=str(folder / "text.txt"))
+    return str(folder / "prepared")
+
+
+def run(corpus, out_dir, *flags):
+    train.main(["--data_dir", corpus, "--out_dir", str(out_dir), *TINY, *flags])
+
+
+def log(out_dir):
+    return [json.loads(line) for line in (Path(out_dir) / "log.jsonl").read_text().splitlines()]
+
+
+# 1. AdamW --------------------------------------------------------------------------------------
+
+def two_groups(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    matrices = [torch.nn.Parameter(torch.randn(8, 5, generator=g)) for _ in range(2)]
+    vectors = [torch.nn.Parameter(torch.randn(5, generator=g)) for _ in range(2)]
+    return matrices, vectors
+
+
+def feed_gradients(params, step):
+    g = torch.Generator().manual_seed(1000 + step)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g) * (1 + step % 7)
+
+
+def test_hand_adamw_matches_torch_adamw_with_two_groups():
+    ours_m, ours_v = two_groups()
+    ref_m, ref_v = two_groups()
+    settings = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+    ours = train.AdamW([{"params": ours_m, "weight_decay": 0.1}, {"params": ours_v, "weight_decay": 0.0}], **settings)
+    ref = torch.optim.AdamW([{"params": ref_m, "weight_decay": 0.1}, {"params": ref_v, "weight_decay": 0.0}], **settings)
+    for step in range(100):
+        for opt, params in ((ours, ours_m + ours_v), (ref, ref_m + ref_v)):
+            feed_gradients(params, step)
+            opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = 1e-2 * (1 + math.cos(step / 30))  # a schedule
+            opt.step()
+    moved = max((p - q).abs().max().item() for p, q in zip(ref_m + ref_v, two_groups()[0] + two_groups()[1]))
+    assert moved > 0.1  # the parameters really travelled...
+    assert max((p - q).abs().max().item() for p, q in zip(ours_m + ours_v, ref_m + ref_v)) < 1e-6  # ...together
+
+
+def test_adamw_state_dict_round_trip_continues_identically():
+    params = [torch.nn.Parameter(p.detach().clone()) for p in sum(two_groups(), [])]
+    opt = train.AdamW([{"params": params[:2], "weight_decay": 0.1}, {"params": params[2:], "weight_decay": 0.0}],
+                      lr=1e-2)
+    for step in range(10):
+        feed_gradients(params, step)
+        opt.step()
+    buffer = io.BytesIO()
+    torch.save({"params": [p.detach() for p in params], "opt": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    copies = [torch.nn.Parameter(p.clone()) for p in saved["params"]]
+    restored = train.AdamW([{"params": copies[:2], "weight_decay": 0.1}, {"params": copies[2:], "weight_decay": 0.0}],
+                           lr=1e-2)
+    restored.load_state_dict(saved["opt"])
+    for step in range(10, 20):
+        for o, ps in ((opt, params), (restored, copies)):
+            feed_gradients(ps, step)
+            o.step()
+    assert all(torch.equal(p, q) for p, q in zip(params, copies))
+
+
+# 2. The schedule --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("decay", ["cosine", "linear"])
+def test_schedule_values_computed_by_hand(decay):
+    cfg = train.TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110, decay=decay)
+    assert train.lr_at(0, cfg) == pytest.approx(1e-4)  # lr / warmup_steps, not 0
+    assert train.lr_at(4, cfg) == pytest.approx(5e-4)
+    assert train.lr_at(9, cfg) == pytest.approx(1e-3)  # the end of warmup: the peak
+    assert train.lr_at(10, cfg) == pytest.approx(1e-3)  # decay starts from the peak
+    # halfway through the decay (step 60 of 10..110): cosine and linear both give the midpoint
+    assert train.lr_at(60, cfg) == pytest.approx(5.5e-4)
+    # a quarter of the way: cosine 1e-4 + 0.9e-3 * (1 + cos(pi / 4)) / 2, linear 1e-4 + 0.9e-3 * 0.75
+    quarter = 1e-4 + 0.9e-3 * ((1 + math.sqrt(0.5)) / 2 if decay == "cosine" else 0.75)
+    assert train.lr_at(35, cfg) == pytest.approx(quarter)
+    last = 1e-4 + 0.9e-3 * ((1 + math.cos(math.pi * 99 / 100)) / 2 if decay == "cosine" else 0.01)
+    assert train.lr_at(109, cfg) == pytest.approx(last)  # the last step, one step short of min_lr
+
+
+# 3. Gradient accumulation -----------------------------------------------------------------------
+
+class GradientRecorder(train.AdamW):
+    """An optimizer that records the gradients it is asked to apply."""
+
+    def step(self):
+        self.seen = [p.grad.clone() for g in self.param_groups for p in g["params"]]
+
+
+def test_accumulated_gradients_equal_one_big_batch():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=512, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0))
+    batch = torch.randint(0, 512, (12, 16), generator=torch.Generator().manual_seed(1))
+    results = {}
+    for k in (1, 3, 4):
+        opt = GradientRecorder(param_groups(model, 0.1))
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        loss, norm, _ = train.train_step(model, opt, scaler, list(batch.chunk(k)), train.gpt_loss, 0, torch.autocast("cpu", enabled=False))
+        results[k] = (loss, norm, opt.seen)
+    for k in (3, 4):
+        assert results[k][0] == pytest.approx(results[1][0], rel=1e-6)  # logged loss: the mean, not the last
+        assert results[k][1] == pytest.approx(results[1][1], rel=1e-5)
+        for a, b in zip(results[k][2], results[1][2]):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+# 4. Exact resume --------------------------------------------------------------------------------
+
+def test_resuming_is_bit_exact(corpus, tmp_path):
+    flags = ["--max_steps", "8", "--dropout", "0.1", "--model", "gpt"]
+    run(corpus, tmp_path / "straight", *flags)
+    run(corpus, tmp_path / "halves", *flags, "--stop_at", "4")
+    assert torch.load(tmp_path / "halves/ckpt.pt", weights_only=True)["step"] == 4
+    run(corpus, tmp_path / "halves", "--init_from", "resume")  # every other setting from the checkpoint
+    straight, halves = (torch.load(tmp_path / d / "ckpt.pt", weights_only=True) for d in ("straight", "halves"))
+    assert straight["step"] == halves["step"] == 8
+    assert all(torch.equal(straight["model"][k], halves["model"][k]) for k in straight["model"])
+    assert [r["loss"] for r in log(tmp_path / "straight")] == [r["loss"] for r in log(tmp_path / "halves")]
+
+
+def test_bert_resumes_bit_exact_too(corpus, tmp_path):
+    flags = ["--max_steps", "6", "--dropout", "0.1", "--model", "bert"]
+    run(corpus, tmp_path / "straight", *flags)
+    run(corpus, tmp_path / "halves", *flags, "--stop_at", "3")
+    run(corpus, tmp_path / "halves", "--init_from", "resume")
+    assert [r["loss"] for r in log(tmp_path / "straight")] == [r["loss"] for r in log(tmp_path / "halves")]
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(corpus, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "train.py", "--data_dir", corpus, "--out_dir", str(out), *TINY,
+           "--max_steps", "100000", "--ckpt_interval", "3"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not (out / "ckpt.pt").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # let it write more checkpoints: the kill may land in the middle of one
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    saved = train.load_checkpoint(out / "ckpt.pt")  # loads cleanly
+    assert saved["step"] >= 3 and saved["step"] % 3 == 0
+    resumed = subprocess.run(cmd + ["--init_from", "resume", "--stop_at", str(saved["step"] + 2)], cwd=REPO,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert train.load_checkpoint(out / "ckpt.pt")["step"] == saved["step"] + 2
+    assert [r["step"] for r in log(out)] == list(range(1, saved["step"] + 3))  # no step lost or doubled
+
+
+# 5. Mixed precision -----------------------------------------------------------------------------
+
+class InfGradient(torch.autograd.Function):
+    """The identity forward; backward turns the gradient into inf, like an fp16 overflow."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+def test_float16_skips_and_counts_an_overflowing_step(corpus, tmp_path, monkeypatch):
+    calls = []
+
+    def overflow_on_third_step(model, idx):
+        calls.append(1)
+        loss = train.clm_loss(model(idx), idx)
+        return InfGradient.apply(loss) if len(calls) == 3 else loss
+
+    monkeypatch.setattr(train, "gpt_loss", overflow_on_third_step)
+    run(corpus, tmp_path, "--dtype", "float16", "--max_steps", "5")
+    records = log(tmp_path)
+    assert [r["skipped_steps"] for r in records] == [0, 0, 1, 1, 1]
+    assert all(math.isfinite(r["loss"]) for r in records)
+    scaler = torch.load(tmp_path / "ckpt.pt", weights_only=True)["scaler"]
+    assert scaler["scale"] == 65536.0 / 2  # halved once, at the skipped step
+
+
+def test_a_skipped_step_leaves_the_parameters_alone():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=256, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    opt = train.AdamW(param_groups(model, 0.1), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    before = [p.detach().clone() for p in model.parameters()]
+    idx = torch.randint(0, 256, (2, 8))
+    _, norm, skipped = train.train_step(model, opt, scaler, [idx], lambda m, x: InfGradient.apply(train.gpt_loss(m, x)),
+                                        1.0, torch.autocast("cpu", dtype=torch.float16))
+    assert skipped and not math.isfinite(norm)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    _, _, skipped = train.train_step(model, opt, scaler, [idx], train.gpt_loss, 1.0,
+                                     torch.autocast("cpu", dtype=torch.float16))
+    assert not skipped and not all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+def test_bfloat16_autocast_trains_on_cpu(corpus, tmp_path):
+    run(corpus, tmp_path, "--dtype", "bfloat16", "--max_steps", "20", "--eval_interval", "10")
+    records = log(tmp_path)
+    assert records[-1]["val_loss"] < records[9]["val_loss"] < math.log(50304)
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["scaler"] == {}  # no scaler for bf16
+
+
+# 6. Bad checkpoints, bad resumes, divergence ----------------------------------------------------
+
+def test_resume_with_another_architecture_lists_the_difference(corpus, tmp_path):
+    run(corpus, tmp_path, "--max_steps", "2")
+    with pytest.raises(train.CheckpointError, match=r"--n_layer 3 \(checkpoint: 2\)"):
+        run(corpus, tmp_path, "--init_from", "resume", "--n_layer", "3", "--max_steps", "4")
+
+
+def test_a_truncated_checkpoint_gets_one_clear_line(corpus, tmp_path):
+    run(corpus, tmp_path, "--max_steps", "2")
+    blob = (tmp_path / "ckpt.pt").read_bytes()
+    (tmp_path / "ckpt.pt").write_bytes(blob[: len(blob) // 2])
+    result = subprocess.run([sys.executable, "train.py", "--out_dir", str(tmp_path), "--init_from", "resume"],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'ckpt.pt'} is not a readable checkpoint")
+
+
+def test_a_missing_checkpoint_and_an_occupied_out_dir_are_refused(corpus, tmp_path):
+    with pytest.raises(train.CheckpointError, match="does not exist"):
+        run(corpus, tmp_path / "nothing", "--init_from", "resume")
+    run(corpus, tmp_path, "--max_steps", "1")
+    with pytest.raises(train.CheckpointError, match="exists: continue it with --init_from resume"):
+        run(corpus, tmp_path, "--max_steps", "1")
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
+    calls = []
+
+    def nan_on_fifth_step(model, idx):
+        calls.append(1)
+        return train.clm_loss(model(idx), idx) * (float("nan") if len(calls) == 5 else 1.0)
+
+    monkeypatch.setattr(train, "gpt_loss", nan_on_fifth_step)
+    with pytest.raises(FloatingPointError, match=r"at step 5.*Last good checkpoint: .*ckpt.pt \(step 4\)"):
+        run(corpus, tmp_path, "--max_steps", "10", "--ckpt_interval", "2")
+    assert train.load_checkpoint(tmp_path / "ckpt.pt")["step"] == 4
+
+
+# 7. The command line, end to end ----------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["gpt", "bert"])
+def test_a_short_run_from_the_command_line(corpus, tmp_path, kind):
+    result = subprocess.run([sys.executable, "train.py", "--data_dir", corpus, "--out_dir", str(tmp_path), *TINY,
+                             "--model", kind, "--max_steps", "30", "--eval_interval", "15"],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"checkpoint: {tmp_path / 'ckpt.pt'}" in result.stderr + result.stdout
+    records = log(tmp_path)
+    assert len(records) == 30
+    first, last = sum(r["loss"] for r in records[:5]) / 5, sum(r["loss"] for r in records[-5:]) / 5
+    assert last < first - 1.0  # the loss falls
+    assert records[14]["val_loss"] > records[29]["val_loss"]
+    assert ET.parse(tmp_path / "loss.svg").getroot().tag == "{http://www.w3.org/2000/svg}svg"
+    assert train.load_checkpoint(tmp_path / "ckpt.pt")["train_config"]["model"] == kind
+
+
+def test_every_setting_has_a_help_text():
+    for cls in (ModelConfig, train.TrainConfig):
+        comments = train.field_comments(cls)
+        assert {f.name for f in fields(cls)} <= set(comments), cls.__name__
