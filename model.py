@@ -191,19 +191,19 @@ class GPT(nn.Module):
         return self.lm_head(self.transformer(idx, cache=cache))  # (B, T, vocab_size)
 
     @classmethod
-    def from_gpt2(cls, state_dict, n_head):
+    def from_gpt2(cls, state_dict, n_head, dropout=0.0):
         """A GPT holding OpenAI's GPT-2 weights, from a state dict in Hugging Face's layout: either
         GPT2LMHeadModel's (`transformer.wte.weight`, ..., `lm_head.weight`) or the bare keys of
         OpenAI's original pytorch_model.bin (`wte.weight`, `h.0.attn.c_attn.weight`, ...).
         The sizes come from the tensors' shapes; n_head cannot, so it is given (64-wide heads in every
-        GPT-2 size: n_head = n_embd // 64)."""
+        GPT-2 size: n_head = n_embd // 64). dropout: for training on from here (GPT-2 used 0.1)."""
         sd = {k.removeprefix("transformer."): v for k, v in state_dict.items()
               if not k.endswith((".attn.bias", ".attn.masked_bias"))}  # causal-mask buffers, not weights
         lm_head = sd.pop("lm_head.weight", None)
         vocab_size, n_embd = sd["wte.weight"].shape
         n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("h."))
         config = ModelConfig(vocab_size=vocab_size, block_size=sd["wpe.weight"].size(0), n_layer=n_layer,
-                             n_head=n_head, n_embd=n_embd, dropout=0.0, bias=True)
+                             n_head=n_head, n_embd=n_embd, dropout=dropout, bias=True)
         model = cls(config)
         expected = {k.removeprefix("transformer.") for k in model.state_dict()} - {"lm_head.weight"}
         if set(sd) != expected:
