@@ -1,0 +1,232 @@
+"""
+sample.py: using a trained model. Generation with a KV cache, fill-mask, perplexity.
+
+Generation (GPT). A causal LM gives a distribution over the next token; generating is drawing from
+it, appending the draw, and asking again. How we draw shapes the text:
+  * temperature T divides the logits: T < 1 sharpens the distribution, T > 1 flattens it, and T = 0
+    means always the most likely token (greedy);
+  * top-k keeps only the k most likely tokens, top-p ("nucleus", Holtzman et al. 2020) the smallest
+    set whose probabilities add up to at least p; both cut off the long tail of unlikely tokens
+    that, sampled a few times, derail a text.
+
+The KV cache. Each step's forward pass recomputes keys and values for the whole prefix, yet
+attention is causal: the keys and values of earlier tokens never change. So keep them (model.py's
+`cache`) and feed only the newest token: each step then costs one token's worth of work plus
+attention over the cache, instead of a forward pass over the whole prefix.
+With learned absolute positions the cache has a limit: once the text is longer than block_size,
+the window slides and every kept token moves to a new position, which invalidates all cached keys
+and values; from then on each step recomputes the window (models with relative positions, such as
+RoPE, avoid this; see EXERCISES.md). With and without the cache, the tokens are the same.
+
+Fill-mask (BERT): put [MASK] in the prompt; the model scores every vocabulary entry at each [MASK].
+
+Perplexity: --eval val|test|file.txt runs train.evaluate, the exact pass over every token of
+the text. For a BERT it reports the masked-LM loss with fixed masks and its exponential, a
+"pseudo-perplexity" (not Salazar et al.'s, which masks one token at a time).
+
+Run:
+    python sample.py --prompt "The history of the"                 (the GPT in out/ckpt.pt)
+    python sample.py --ckpt out-bert/ckpt.pt --prompt "The capital of France is [MASK] ."
+    python sample.py --eval test                                    perplexity on the test split
+    python sample.py --init_from gpt2 --prompt "Hello"              OpenAI's GPT-2 (124M)
+Read next: EXERCISES.md.
+"""
+
+import argparse
+import codecs
+import math
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import data
+import train
+from model import BERT, EOT_ID, GPT, MASK_ID, ModelConfig
+
+
+def top_k_filter(logits, k):
+    """Keep the k largest logits of each row (exactly k, ties or not); the rest become -inf."""
+    values, indices = torch.topk(logits, min(k, logits.size(-1)), dim=-1)
+    return torch.full_like(logits, float("-inf")).scatter(-1, indices, values)
+
+
+def top_p_filter(logits, p):
+    """Keep the smallest set of most likely tokens whose probabilities sum to at least p (always at
+    least the most likely one); the rest become -inf."""
+    sorted_logits, indices = torch.sort(logits, descending=True, dim=-1)
+    probs = F.softmax(sorted_logits, dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # probability of all tokens ranked above this one
+    sorted_logits[before >= p] = float("-inf")  # already reached p without this token: drop it
+    return torch.full_like(logits, float("-inf")).scatter(-1, indices, sorted_logits)
+
+
+def check_sampling(temperature, top_k, top_p):
+    if temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 = greedy), not {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"--top_k must be at least 1, not {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"--top_p must be in (0, 1], not {top_p}")
+
+
+def next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Draw one token per row from logits (B, V). Returns (B, 1)."""
+    logits = logits.float().clone()
+    logits[:, MASK_ID:] = float("-inf")  # [MASK] and the padding ids are not text: never produce them
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+
+
+@torch.no_grad()
+def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, use_cache=True):
+    """Generate from a GPT, yielding each new token (B, 1) as soon as it is drawn."""
+    check_sampling(temperature, top_k, top_p)
+    window = model.config.block_size
+    cache = None
+    for _ in range(max_new_tokens):
+        if use_cache and cache is not None and idx.size(1) <= window:
+            x = idx[:, -1:]  # only the newest token: the cache holds the keys and values of the rest
+        else:  # the first step, no cache, or a window that slid: run the whole window
+            cache = [{} for _ in model.transformer.h] if use_cache else None
+            x = idx[:, -window:]  # a prompt longer than the window is cropped from the left
+        features = model.transformer(x, cache=cache)  # (B, len(x), C)
+        logits = model.lm_head(features[:, -1, :])  # (B, V): only the last position's prediction
+        token = next_token(logits, temperature, top_k, top_p, generator)
+        idx = torch.cat([idx, token], dim=1)
+        yield token
+
+
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, use_cache=True):
+    """idx (B, T) -> (B, T + max_new_tokens): the prompt followed by the generated tokens."""
+    new = stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
+    return torch.cat([idx, *new], dim=1)
+
+
+@torch.no_grad()
+def fill_mask(model, ids, top_k=5):
+    """For each [MASK] in ids (a list), the top_k (token id, probability) pairs of a BERT."""
+    idx = torch.tensor([ids], device=model.transformer.wte.weight.device)
+    logits = model(idx)[0].float()  # (T, V)
+    logits[:, EOT_ID:] = float("-inf")  # candidates are ordinary tokens
+    probs = F.softmax(logits, dim=-1)
+    candidates = []
+    for position in [i for i, t in enumerate(ids) if t == MASK_ID]:
+        p, token = torch.topk(probs[position], top_k)
+        candidates.append(list(zip(token.tolist(), p.tolist())))
+    return candidates
+
+
+def encode_prompt(prompt):
+    """Token ids of a prompt; "[MASK]" becomes MASK_ID, "<|endoftext|>" EOT_ID. GPT-2's BPE starts a
+    word with its space (" Paris" is one token), so a space before [MASK] belongs to the hidden word."""
+    enc = data.tokenizer()
+    pieces = re.split(r" ?\[MASK\]", prompt)
+    ids = []
+    for i, piece in enumerate(pieces):
+        ids += enc.encode(piece, allowed_special={"<|endoftext|>"}) + ([MASK_ID] if i < len(pieces) - 1 else [])
+    return ids
+
+
+def load_model(args, device):
+    """(model in eval mode, "gpt" or "bert", its data folder) from a checkpoint or GPT-2's weights."""
+    if args.init_from == "gpt2":
+        return train.load_gpt2(args.gpt2_path, 1024, 0.0).to(device).eval(), "gpt", args.data_dir
+    checkpoint = train.load_checkpoint(args.ckpt)
+    kind = checkpoint["train_config"]["model"]
+    model = (GPT if kind == "gpt" else BERT)(ModelConfig(**checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval(), kind, args.data_dir or checkpoint["train_config"]["data_dir"]
+
+
+def perplexity(model, kind, what, data_dir, device, dtype):
+    if what in ("val", "test"):
+        tokens = data.open_split(data_dir, what)
+    else:  # a text file: its tokens
+        tokens = np.array([i for piece in data.text_pieces(Path(what)) for i in data.tokenizer().encode_ordinary(piece)],
+                          dtype=np.uint16)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    loss, n = train.evaluate(model, tokens, kind, model.config.block_size, 16, device, autocast, progress=True)
+    name = "perplexity" if kind == "gpt" else "pseudo-perplexity (masked-LM loss, fixed masks)"
+    print(f"{what}: {len(tokens):,} tokens, {n:,} predicted; loss {loss:.4f}, {name} {math.exp(loss):.2f}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Sample from a GPT, fill masks with a BERT, or measure perplexity.")
+    parser.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint written by train.py")
+    parser.add_argument("--init_from", choices=("ckpt", "gpt2"), default="ckpt", help="gpt2: OpenAI's weights instead")
+    parser.add_argument("--gpt2_path", default=train.TrainConfig.gpt2_path, help="GPT-2's pytorch_model.bin")
+    parser.add_argument("--prompt", default="<|endoftext|>", help="text to continue (GPT) or with [MASK]s (BERT)")
+    parser.add_argument("--max_new_tokens", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = always the most likely token")
+    parser.add_argument("--top_k", type=int, default=None, help="sample among the k most likely tokens only")
+    parser.add_argument("--top_p", type=float, default=0.95, help="sample in the smallest set with probability >= p")
+    parser.add_argument("--num_samples", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--no_cache", action="store_true", help="recompute the whole prefix at every step")
+    parser.add_argument("--no_stop", action="store_true", help="go on past <|endoftext|>")
+    parser.add_argument("--eval", default=None, help="val, test or a .txt file: print the loss and perplexity")
+    parser.add_argument("--data_dir", default=None, help="for --eval val/test (default: the checkpoint's)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    args = parser.parse_args(argv)
+
+    device = train.pick_device(args.device)
+    dtype = train.pick_dtype("auto", device)
+    if device == "cpu":
+        train.keep_freed_memory()
+    model, kind, data_dir = load_model(args, torch.device(device))
+    if args.eval:
+        return perplexity(model, kind, args.eval, data_dir, torch.device(device), dtype)
+
+    ids = encode_prompt(args.prompt)
+    if not ids:
+        sys.exit("error: the prompt has no tokens: give some text, or <|endoftext|> to start from nothing")
+    if kind == "bert":
+        return print_fill_mask(model, ids, args.top_k or 5)
+    if MASK_ID in ids:
+        sys.exit("error: [MASK] in a prompt is for BERT checkpoints; this one is a GPT: give text to continue")
+    try:
+        check_sampling(args.temperature, args.top_k, args.top_p)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    if len(ids) > model.config.block_size:
+        print(f"note: the prompt has {len(ids)} tokens; the model sees only the last {model.config.block_size}",
+              file=sys.stderr)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    enc = data.tokenizer()
+    for n in range(args.num_samples):
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span tokens
+        print(f"--- sample {n + 1} ---\n{args.prompt}", end="", flush=True)
+        idx = torch.tensor([ids], device=device)
+        for token in stream(model, idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p, generator,
+                            use_cache=not args.no_cache):
+            if token.item() == EOT_ID and not args.no_stop:
+                break
+            print(utf8.decode(enc.decode_single_token_bytes(token.item())), end="", flush=True)
+        print(utf8.decode(b"", final=True))
+
+
+def print_fill_mask(model, ids, top_k):
+    if MASK_ID not in ids:
+        sys.exit("error: this checkpoint is a BERT: put [MASK] in the prompt where a word should be filled in")
+    if len(ids) > model.config.block_size:
+        sys.exit(f"error: the prompt has {len(ids)} tokens, more than the model's block_size {model.config.block_size}")
+    enc = data.tokenizer()
+    for n, candidates in enumerate(fill_mask(model, ids, top_k), start=1):
+        print(f"[MASK] {n}: " + ", ".join(f"{enc.decode([t])!r} {p:.3f}" for t, p in candidates))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (data.DataError, train.CheckpointError) as e:
+        sys.exit(f"error: {e}")
