@@ -138,7 +138,7 @@ def download_file(url, dest, timeout=30, retries=3):
         except (OSError, ValueError, http.client.HTTPException) as e:  # no connection, timeout, cut short
             error = e
             if attempt < retries:
-                time.sleep(attempt)
+                time.sleep(attempt / 2)
     part.unlink(missing_ok=True)
     raise DataError(f"{url}: {error}")
 

@@ -130,6 +130,7 @@ def counting(tmp_path):
 
 
 def test_training_windows_are_contiguous_slices_inside_the_file(counting):
+    assert isinstance(counting, np.memmap)  # read from disk on demand, never loaded whole
     g = torch.Generator().manual_seed(0)
     x = data.get_batch(counting, 8, 32, g)
     assert x.shape == (8, 32) and x.dtype == torch.int64

@@ -273,7 +273,7 @@ def test_from_gpt2_refuses_missing_or_unexpected_tensors():
 def test_gpt_overfits_one_batch():
     from clm import clm_loss
     torch.manual_seed(0)
-    gpt = GPT(tiny())
+    gpt = GPT(tiny(vocab_size=64))
     idx = random_ids(4, 16, high=64)
     opt = torch.optim.AdamW(gpt.parameters(), lr=3e-3)
     for _ in range(150):

@@ -78,7 +78,7 @@ def test_bad_sampling_settings_are_refused():
 
 @pytest.mark.parametrize("kwargs", [{}, {"temperature": 0}, {"top_k": 1}, {"top_p": 0.5}, {"temperature": 5.0}])
 def test_padded_vocabulary_ids_never_come_out_even_when_largest(kwargs):
-    logits = torch.randn(2000, 50304, generator=torch.Generator().manual_seed(1))
+    logits = torch.randn(200, 50304, generator=torch.Generator().manual_seed(1))
     logits[:, MASK_ID:] += 100.0  # [MASK] and padding win by far
     tokens = sample.next_token(logits, generator=torch.Generator().manual_seed(2), **kwargs)
     assert tokens.max() < MASK_ID
@@ -125,9 +125,10 @@ def test_fill_mask_puts_the_memorised_word_first():
     opt = torch.optim.AdamW(bert.parameters(), lr=3e-3)
     batch = torch.tensor([ids] * 16)
     g = torch.Generator().manual_seed(0)
-    for _ in range(200):
+    for _ in range(120):
         inputs, labels = mask_tokens(batch, g, mask_prob=0.3)
-        loss = mlm_loss(bert(inputs), labels)
+        chosen = labels != -100
+        loss = mlm_loss(bert(inputs, positions=chosen), labels[chosen])
         opt.zero_grad()
         loss.backward()
         opt.step()

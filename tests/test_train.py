@@ -143,6 +143,20 @@ def test_accumulated_gradients_equal_one_big_batch():
             torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
+def test_clipping_caps_the_global_norm_and_reports_the_norm_before():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=512, block_size=16, n_layer=2, n_head=2, n_embd=32))
+    idx = torch.randint(0, 512, (4, 16))
+    norms = {}
+    for clip in (0, 0.1):
+        opt = GradientRecorder(param_groups(model, 0.1))
+        _, norms[clip], _ = train.train_step(model, opt, torch.amp.GradScaler("cpu", enabled=False), [idx],
+                                             train.gpt_loss, clip, torch.autocast("cpu", enabled=False))
+        applied = torch.sqrt(sum(g.square().sum() for g in opt.seen)).item()
+        assert applied == pytest.approx(norms[clip] if clip == 0 else 0.1, rel=1e-4)
+    assert norms[0.1] == pytest.approx(norms[0], rel=1e-6) and norms[0] > 0.5  # logged: the norm before clipping
+
+
 # 4. Exact resume --------------------------------------------------------------------------------
 
 def test_resuming_is_bit_exact(corpus, tmp_path):
@@ -291,6 +305,10 @@ def test_a_short_run_from_the_command_line(corpus, tmp_path, kind):
     assert f"checkpoint: {tmp_path / 'ckpt.pt'}" in result.stderr + result.stdout
     records = log(tmp_path)
     assert len(records) == 30
+    for r in records:  # what the loop monitors, every step
+        assert r["grad_norm"] > 0 and r["tokens_per_s"] > 0 and r["lr"] == pytest.approx(
+            train.lr_at(r["step"] - 1, train.TrainConfig(lr=3e-3, warmup_steps=2, max_steps=30)))
+    assert records[29]["val_ppl"] == pytest.approx(math.exp(records[29]["val_loss"]))
     first, last = sum(r["loss"] for r in records[:5]) / 5, sum(r["loss"] for r in records[-5:]) / 5
     assert last < first - 1.0  # the loss falls
     assert records[14]["val_loss"] > records[29]["val_loss"]
