@@ -7,7 +7,8 @@ Rows, each measured in a fresh process so that its peak memory is its own:
     GPT-2-124M size, with the fused attention kernel (SDPA) and with explicit attention, and for BERT
     with the sparse MLM head (only the ~15% chosen positions are scored) and the dense one;
   * one optimizer step alone: the hand-written AdamW (train.py) against torch.optim.AdamW;
-  * generating 256 tokens (64 at GPT-2 size) from a 1-token prompt with and without the KV cache.
+  * generating from a 1-token prompt with and without the KV cache: 127 new tokens (the default
+    model's whole window), 256 (the window slides), and 64 at GPT-2 size.
 Tokens/s counts the tokens that went through the model; MFU (model FLOPs utilisation: achieved FLOP/s
 over the device's peak, PaLM appendix B) only where train.PEAK_FLOPS knows the device.
 
@@ -47,6 +48,8 @@ ROWS = [  # name: what to measure
     ("adamw default torch", dict(task="adamw", size="default", torch_adamw=True)),
     ("adamw gpt2-124M hand", dict(task="adamw", size="gpt2-124M")),
     ("adamw gpt2-124M torch", dict(task="adamw", size="gpt2-124M", torch_adamw=True)),
+    ("generate default 127 tokens cache", dict(task="generate", size="default", new=127, cache=True)),
+    ("generate default 127 tokens no-cache", dict(task="generate", size="default", new=127)),
     ("generate default 256 tokens cache", dict(task="generate", size="default", new=256, cache=True)),
     ("generate default 256 tokens no-cache", dict(task="generate", size="default", new=256)),
     ("generate gpt2-124M 64 tokens cache", dict(task="generate", size="gpt2-124M", new=64, cache=True)),
@@ -89,7 +92,7 @@ def bench_train(row, device, dtype):
         batch = tuple(t.to(device) for t in mask_tokens(idx, torch.Generator().manual_seed(0)))
         loss_fn = (lambda m, b: mlm_loss(m(b[0]), b[1])) if row.get("dense") else train.bert_loss
     step = lambda: train.train_step(model, optimizer, scaler, [batch], loss_fn, 1.0, autocast)
-    seconds = timed(step, 2, 3 if row["size"] == "default" else 2, device)
+    seconds = timed(step, 3, 5 if row["size"] == "default" else 3, device)
     tokens_per_s = B * T / seconds
     peak = train.peak_flops(device, dtype)
     flops = flops_per_token(model, T, head_fraction=0.15 if row["model"] == "bert" and not row.get("dense") else 1.0)
@@ -102,7 +105,7 @@ def bench_adamw(row, device, dtype):
         p.grad = torch.randn_like(p) * 1e-3
     groups = param_groups(model, 0.1)
     optimizer = (torch.optim.AdamW if row.get("torch_adamw") else train.AdamW)(groups, lr=1e-4)
-    return {"ms/step": 1000 * timed(optimizer.step, 2, 10, device)}
+    return {"ms/step": 1000 * timed(optimizer.step, 3, 30, device)}
 
 
 def bench_generate(row, device, dtype):

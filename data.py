@@ -109,6 +109,7 @@ def fetch_wikitext(data_dir, variant="raw", mirrors=MIRRORS, expected=None, down
             download_file(mirror + zip_path.name, zip_path)
             return extract_splits(zip_path, variant, expected)
         except DataError as e:
+            zip_path.unlink(missing_ok=True)  # a damaged download must not be found next time
             reasons.append(str(e))
     raise DataError(f"WikiText-2 is not in {data_dir}/ and could not be downloaded ({'; '.join(reasons)}). "
                     f"Put {zip_path.name} (or its files {', '.join(WIKITEXT[variant]['files'])}) into "

@@ -116,14 +116,10 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
 def fill_mask(model, ids, top_k=5):
     """For each [MASK] in ids (a list), the top_k (token id, probability) pairs of a BERT."""
     idx = torch.tensor([ids], device=model.transformer.wte.weight.device)
-    logits = model(idx)[0].float()  # (T, V)
+    logits = model(idx, positions=idx == MASK_ID).float()  # (number of [MASK]s, V): the sparse head
     logits[:, EOT_ID:] = float("-inf")  # candidates are ordinary tokens
-    probs = F.softmax(logits, dim=-1)
-    candidates = []
-    for position in [i for i, t in enumerate(ids) if t == MASK_ID]:
-        p, token = torch.topk(probs[position], top_k)
-        candidates.append(list(zip(token.tolist(), p.tolist())))
-    return candidates
+    probs, tokens = torch.topk(F.softmax(logits, dim=-1), top_k)  # (number of [MASK]s, top_k) each
+    return [list(zip(t.tolist(), p.tolist())) for t, p in zip(tokens, probs)]
 
 
 def encode_prompt(prompt):

@@ -38,7 +38,6 @@ import random
 import re
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal, get_args, get_origin
@@ -78,7 +77,7 @@ class TrainConfig:
     eps: float = 1e-8  # AdamW: keeps the division finite
     grad_clip: float = 1.0  # clip the global gradient norm to this (0: no clipping)
     mask_prob: float = 0.15  # BERT: share of tokens chosen for prediction
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on recent GPUs, else float32
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on GPUs with it, float16 on older ones, float32 else
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: cuda, then mps, then cpu
     eval_interval: int = 200  # evaluate on the val split every this many steps, and at the end
     eval_iters: int = 0  # batches per evaluation (0: the whole split, the exact perplexity)
@@ -102,9 +101,9 @@ def parse_args(argv=None):
     """(ModelConfig, TrainConfig, the names of the flags given). Defaults live in the dataclasses."""
     parser = argparse.ArgumentParser(description="Pretrain a GPT or a BERT.", argument_default=argparse.SUPPRESS)
     for cls in (ModelConfig, TrainConfig):
-        group = parser.add_argument_group(cls.__name__)
+        group, comments = parser.add_argument_group(cls.__name__), field_comments(cls)
         for f in fields(cls):
-            kwargs = {"help": f"{field_comments(cls).get(f.name, '')} (default: {f.default})"}
+            kwargs = {"help": f"{comments.get(f.name, '')} (default: {f.default})"}
             if f.type is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
             elif get_origin(f.type) is Literal:

@@ -239,9 +239,9 @@ def test_a_zip_cut_short_leaves_nothing_half_written(tmp_path, server, how):
     body, expected = wikitext_zip(tmp_path)
     half = body[: len(body) // 2]
     files["/wikitext-2-raw-v1.zip"] = (half, len(half) if how == "truncated file" else len(body))
-    with pytest.raises(data.DataError, match="damaged|could not be downloaded"):
+    with pytest.raises(data.DataError, match="could not be downloaded .*(damaged|got .* bytes|IncompleteRead)"):
         data.fetch_wikitext(tmp_path / "d", mirrors=(url,), expected=expected)
-    assert [p for p in leftovers(tmp_path / "d") if p != "wikitext-2-raw-v1.zip"] == []
+    assert leftovers(tmp_path / "d") == []  # no split, no .part, and not the damaged zip either
 
 
 def test_split_files_with_the_wrong_line_count_are_refused(tmp_path):

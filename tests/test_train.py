@@ -201,6 +201,24 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(corpus, tmp_path):
     assert [r["step"] for r in log(out)] == list(range(1, saved["step"] + 3))  # no step lost or doubled
 
 
+def test_training_continues_from_gpt2_weights(corpus, tmp_path):
+    from test_model import gpt2_state_dict
+    weights = gpt2_state_dict(V=50257, P=64, C=64, prefix="")  # the original file's keys; 64 wide: 1 head
+    torch.save(weights, tmp_path / "pytorch_model.bin")
+    flags = ["--data_dir", corpus, "--init_from", "gpt2", "--gpt2_path", str(tmp_path / "pytorch_model.bin"),
+             "--block_size", "32", "--batch_size", "4", "--device", "cpu", "--dtype", "float32", "--max_steps", "2"]
+    train.main(flags + ["--out_dir", str(tmp_path / "out"), "--lr", "1e-5"])
+    saved = train.load_checkpoint(tmp_path / "out/ckpt.pt")
+    assert {k: saved["model_config"][k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")} == \
+        {"vocab_size": 50257, "block_size": 32, "n_layer": 1, "n_head": 1, "n_embd": 64}
+    for ours, theirs in (("transformer.wte.weight", "wte.weight"), ("transformer.h.0.mlp.c_fc.weight", "h.0.mlp.c_fc.weight")):
+        expected = weights[theirs].T if "c_fc" in theirs else weights[theirs]
+        torch.testing.assert_close(saved["model"][ours], expected, atol=1e-4, rtol=0)  # two tiny steps away
+    torch.testing.assert_close(saved["model"]["transformer.wpe.weight"], weights["wpe.weight"][:32], atol=1e-4, rtol=0)
+    with pytest.raises(train.CheckpointError, match="architecture from GPT-2"):
+        train.main(flags + ["--out_dir", str(tmp_path / "other"), "--n_layer", "2"])
+
+
 # 5. Mixed precision -----------------------------------------------------------------------------
 
 class InfGradient(torch.autograd.Function):
