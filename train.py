@@ -542,109 +542,140 @@ def main(argv=None):
 
 
 def train(mcfg, cfg, checkpoint, device, dtype):
+    """Set up a run (data, model, optimizer, the run's counters, fresh or from the checkpoint), then loop."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    out_dir, say = Path(cfg.out_dir), (tqdm.write if rank == 0 else lambda *_: None)
     torch.manual_seed(cfg.seed)  # the same initial weights in every process...
     if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
         data.prepare(cfg.data_dir, cfg.text or None)
         if cfg.init_from == "gpt2":
             fetch_gpt2(cfg.gpt2_path)
     if world > 1:
         dist.barrier()  # the others wait until rank 0 has prepared the data (and fetched GPT-2)
-    train_split, val_split = data.open_split(cfg.data_dir, "train"), data.open_split(cfg.data_dir, "val")
-
+    splits = {split: data.open_split(cfg.data_dir, split) for split in ("train", "val")}
     raw, optimizer, scaler = build(mcfg, cfg, checkpoint, device, dtype)
     torch.manual_seed(cfg.seed + rank)  # ...but each process its own dropout masks
     data_generator = torch.Generator().manual_seed(cfg.seed + rank)  # ...and its own batches
-    step, best_val_loss, skipped, tokens = 0, float("inf"), 0, 0
+    state = {"step": 0, "best_val_loss": float("inf"), "skipped_steps": 0, "tokens": 0}  # saved in checkpoints
     if checkpoint is not None:
-        step, best_val_loss = checkpoint["step"], checkpoint["best_val_loss"]
-        skipped, tokens = checkpoint["skipped_steps"], checkpoint["tokens"]
+        state = {key: checkpoint[key] for key in state}
         if len(checkpoint["rng"]) == world:
             set_rng_state(checkpoint["rng"][rank], data_generator)
         else:
             say(f"note: the checkpoint was written by {len(checkpoint['rng'])} processes, now {world}: "
                 f"the data order is drawn afresh")
-            data_generator.manual_seed(hash((cfg.seed, rank, step)))
+            data_generator.manual_seed(hash((cfg.seed, rank, state["step"])))
     compiled = torch.compile(raw) if cfg.compile else raw
     model = DistributedDataParallel(compiled, device_ids=[device] if device.type == "cuda" else None) \
         if world > 1 else compiled
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-    T, B, accum = raw.config.block_size, cfg.batch_size, cfg.grad_accum_steps
-    tokens_per_step = B * T * accum * world
-    stop = cfg.stop_at or cfg.max_steps
-    loss_fn = gpt_loss if cfg.model == "gpt" else bert_loss
-    flops = flops_per_token(raw, T, head_fraction=1.0 if cfg.model == "gpt" else cfg.mask_prob)
-    peak = peak_flops(device, dtype)
+    tokens_per_step = cfg.batch_size * raw.config.block_size * cfg.grad_accum_steps * world
     say(f"{type(raw).__name__}: {num_params(raw) / 1e6:.2f}M parameters ({num_params(raw, False) / 1e6:.2f}M "
         f"without positions) on {device}, {str(dtype).removeprefix('torch.')}\n"
-        f"data: {cfg.data_dir}: {len(train_split):,} train and {len(val_split):,} val tokens\n"
-        f"tokens per step: {B} sequences x {T} tokens x {accum} micro-steps x {world} processes = {tokens_per_step:,}")
+        f"data: {cfg.data_dir}: {len(splits['train']):,} train and {len(splits['val']):,} val tokens\n"
+        f"tokens per step: {cfg.batch_size} sequences x {raw.config.block_size} tokens x {cfg.grad_accum_steps} "
+        f"micro-steps x {world} processes = {tokens_per_step:,}")
+    loop(model, optimizer, scaler, splits, data_generator, state, cfg, device, dtype)
+
+
+def loop(model, optimizer, scaler, splits, data_generator, state, cfg, device, dtype):
+    """Optimizer steps until the session ends, with evaluation, the log and checkpoints."""
+    raw, world = unwrap(model), dist.get_world_size() if dist.is_initialized() else 1
+    T, B, accum, stop = raw.config.block_size, cfg.batch_size, cfg.grad_accum_steps, cfg.stop_at or cfg.max_steps
+    tokens_per_step = B * T * accum * world
+    loss_fn = gpt_loss if cfg.model == "gpt" else bert_loss
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    flops, peak = flops_per_token(raw, T, 1.0 if cfg.model == "gpt" else cfg.mask_prob), peak_flops(device, dtype)
 
     def next_batch():
         if cfg.model == "gpt":
-            return data.to_device(data.get_batch(train_split, B, T, data_generator), device)
-        inputs, labels = data.get_mlm_batch(train_split, B, T, data_generator, cfg.mask_prob)
+            return data.to_device(data.get_batch(splits["train"], B, T, data_generator), device)
+        inputs, labels = data.get_mlm_batch(splits["train"], B, T, data_generator, cfg.mask_prob)
         return data.to_device(inputs, device), data.to_device(labels, device)
 
-    log_path, ckpt_path = out_dir / "log.jsonl", out_dir / "ckpt.pt"
-    records = read_log(log_path, upto=step) if checkpoint is not None else []
-    if rank == 0:
-        log_path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    last_saved = f"{ckpt_path} (step {step})" if checkpoint is not None else "none (no checkpoint was written yet)"
-    start_time = time.time()
-    bar = tqdm(total=stop, initial=step, desc=f"training {cfg.model}", unit="step", disable=rank != 0)
-    while step < stop:
+    out_dir, resumed, start_time = Path(cfg.out_dir), state["step"] > 0, time.time()
+    records = start_log(out_dir / "log.jsonl", state["step"] if resumed else 0)
+    last_saved = f"{out_dir / 'ckpt.pt'} (step {state['step']})" if resumed else "none (no checkpoint was written yet)"
+    bar = tqdm(total=stop, initial=state["step"], desc=f"training {cfg.model}", unit="step", disable=not is_main())
+    while state["step"] < stop:
         t0 = time.perf_counter()
-        lr = lr_at(step, cfg)
+        lr = lr_at(state["step"], cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
         try:
-            loss, grad_norm, was_skipped = train_step(model, optimizer, scaler, [next_batch() for _ in range(accum)],
-                                                      loss_fn, cfg.grad_clip, autocast)
+            loss, grad_norm, skipped = train_step(model, optimizer, scaler, [next_batch() for _ in range(accum)],
+                                                  loss_fn, cfg.grad_clip, autocast)
         except FloatingPointError as e:
-            raise FloatingPointError(f"{e} at step {step + 1}: training diverged and nothing was saved from it. "
-                                     f"Last good checkpoint: {last_saved}. Try a lower --lr, --dtype bfloat16 "
-                                     f"instead of float16, or --grad_clip 1") from None
-        step, skipped, tokens = step + 1, skipped + was_skipped, tokens + tokens_per_step
+            raise FloatingPointError(f"{e} at step {state['step'] + 1}: training diverged and nothing was saved "
+                                     f"from it. Last good checkpoint: {last_saved}. Try a lower --lr, --dtype "
+                                     f"bfloat16 instead of float16, or --grad_clip 1") from None
+        state["step"], state["skipped_steps"] = state["step"] + 1, state["skipped_steps"] + skipped
+        state["tokens"] += tokens_per_step
         tokens_per_s = tokens_per_step / (time.perf_counter() - t0)
-        record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens,
+        record = {"step": state["step"], "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": state["tokens"],
                   "tokens_per_s": round(tokens_per_s), "mfu": flops * tokens_per_s / (peak * world) if peak else None,
-                  "skipped_steps": skipped}
-        if step % cfg.eval_interval == 0 or step == stop:
-            val_loss, _ = evaluate(compiled, val_split, cfg.model, T, B, device, autocast, cfg.eval_iters,
-                                cfg.mask_prob, progress=rank == 0)
-            best_val_loss = min(best_val_loss, val_loss)
+                  "skipped_steps": state["skipped_steps"]}
+        if state["step"] % cfg.eval_interval == 0 or state["step"] == stop:
+            val_loss, _ = evaluate(raw, splits["val"], cfg.model, T, B, device, autocast, cfg.eval_iters,
+                                   cfg.mask_prob, progress=is_main())
+            state["best_val_loss"] = min(state["best_val_loss"], val_loss)
             record.update(val_loss=val_loss, val_ppl=math.exp(val_loss))
-            say(f"step {step}: val loss {val_loss:.4f}, perplexity {math.exp(val_loss):.2f}")
-        if rank == 0:
-            records.append(record)
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if "val_loss" in record:
-                write_svg(records, out_dir / "loss.svg", f"{type(raw).__name__} on {cfg.data_dir}")
-        if step % cfg.ckpt_interval == 0 or step == stop:
-            rng = gather_rng(data_generator)  # every process takes part
-            if rank == 0:
-                save_checkpoint(ckpt_path, {
-                    "model": raw.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                    "step": step,  # the schedule is lr_at(step): the step is all of its state
-                    "model_config": asdict(raw.config), "train_config": asdict(cfg), "best_val_loss": best_val_loss,
-                    "rng": rng, "skipped_steps": skipped, "tokens": tokens})
-            last_saved = f"{ckpt_path} (step {step})"
+            say(f"step {state['step']}: val loss {val_loss:.4f}, perplexity {math.exp(val_loss):.2f}")
+        if is_main():
+            add_to_log(records, record, out_dir, f"{type(raw).__name__} on {cfg.data_dir}")
+        if state["step"] % cfg.ckpt_interval == 0 or state["step"] == stop:
+            save_run(out_dir / "ckpt.pt", raw, optimizer, scaler, state, cfg, data_generator)
+            last_saved = f"{out_dir / 'ckpt.pt'} (step {state['step']})"
         bar.update(1)
         bar.set_postfix_str(f"loss {loss:.3f}, lr {lr:.1e}, {tokens_per_s:,.0f} tok/s" + (
-            f", {skipped} skipped" if scaler.is_enabled() else ""))
+            f", {state['skipped_steps']} skipped" if scaler.is_enabled() else ""))
     bar.close()
-    if records and "val_loss" in records[-1]:
-        val_loss = records[-1]["val_loss"]
-        what = "the whole val split" if cfg.eval_iters == 0 else f"the first {cfg.eval_iters} val batches"
-        say(f"done: step {step}, {tokens:,} tokens seen, {time.time() - start_time:.0f} s in this session\n"
-            f"val loss {val_loss:.4f}, perplexity {math.exp(val_loss):.2f} (over {what})"
-            + (f"; {skipped} steps skipped by the fp16 loss scaler" if scaler.is_enabled() else "") +
-            f"\ncheckpoint: {ckpt_path}\nlog: {log_path}\nloss curve: {out_dir / 'loss.svg'}")
+    say(f"done: step {state['step']}, {state['tokens']:,} tokens seen, {time.time() - start_time:.0f} s in this "
+        f"session\nval loss {val_loss:.4f}, perplexity {math.exp(val_loss):.2f} (over "
+        + ("the whole val split)" if cfg.eval_iters == 0 else f"the first {cfg.eval_iters} val batches)")
+        + (f"; {state['skipped_steps']} steps skipped by the fp16 loss scaler" if scaler.is_enabled() else "")
+        + f"\ncheckpoint: {out_dir / 'ckpt.pt'}\nlog: {out_dir / 'log.jsonl'}\nloss curve: {out_dir / 'loss.svg'}")
+
+
+def is_main():
+    """Only the first process (rank 0) prints, logs and saves."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def say(text):
+    if is_main():
+        tqdm.write(text)  # above the progress bar, not through it
+
+
+def unwrap(model):
+    """The model itself, under DistributedDataParallel's wrapper and torch.compile's."""
+    model = model.module if isinstance(model, DistributedDataParallel) else model
+    return getattr(model, "_orig_mod", model)
+
+
+def start_log(path, step):
+    """The records of the log up to `step`, with the file cut back to them (rank 0)."""
+    records = read_log(path, upto=step) if step > 0 else []
+    if is_main():
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def add_to_log(records, record, out_dir, title):
+    records.append(record)
+    with open(out_dir / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if "val_loss" in record:
+        write_svg(records, out_dir / "loss.svg", title)
+
+
+def save_run(path, raw, optimizer, scaler, state, cfg, data_generator):
+    """Everything needed to continue exactly: weights, optimizer moments, loss scale, the run's counters
+    (the schedule is lr_at(step): the step is all of its state), both configs and every RNG state."""
+    rng = gather_rng(data_generator)  # every process takes part
+    if is_main():
+        save_checkpoint(path, {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scaler": scaler.state_dict(), **state, "model_config": asdict(raw.config),
+                               "train_config": asdict(cfg), "rng": rng})
 
 
 if __name__ == "__main__":
