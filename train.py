@@ -77,7 +77,7 @@ class TrainConfig:
     eps: float = 1e-8  # AdamW: keeps the division finite
     grad_clip: float = 1.0  # clip the global gradient norm to this (0: no clipping)
     mask_prob: float = 0.15  # BERT: share of tokens chosen for prediction
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on GPUs with it, float16 on older ones, float32 else
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on recent GPUs, float16 on old ones, float32 on CPUs
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: cuda, then mps, then cpu
     eval_interval: int = 200  # evaluate on the val split every this many steps, and at the end
     eval_iters: int = 0  # batches per evaluation (0: the whole split, the exact perplexity)
@@ -471,8 +471,8 @@ def pick_device(name):
 
 
 def pick_dtype(name, device):
-    """device: cpu, cuda or mps. bfloat16 where GPUs support it (same range as float32: no loss scaling needed), float16 on older
-    GPUs (with the GradScaler), float32 on CPUs and Apple GPUs."""
+    """For "auto" on `device` (cpu, cuda or mps): bfloat16 on GPUs that support it (float32's range, so no
+    loss scaling is needed), float16 on older GPUs (with the GradScaler), float32 on CPUs and Apple GPUs."""
     if name == "auto":
         name = "float32" if device != "cuda" else "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
     return getattr(torch, name)
