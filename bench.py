@@ -20,6 +20,7 @@ Read next: README.md, where the measured table is.
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -58,17 +59,21 @@ ROWS = [  # name: what to measure
 
 
 def timed(fn, warmup, repeats, device):
-    """Seconds per call of fn, after warmup calls (first calls pay for allocation and autotuning)."""
+    """Seconds per call of fn: the median of `repeats` timed calls, after warmup calls (first calls pay
+    for allocation and autotuning). The median, not the mean: on a shared machine a neighbour's burst
+    slows a call or two, and one slow call should not move the figure."""
     for _ in range(warmup):
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
+    times = []
     for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def build(row, device, dtype):
