@@ -568,12 +568,6 @@ def train(mcfg, cfg, checkpoint, device, dtype):
     compiled = torch.compile(raw) if cfg.compile else raw
     model = DistributedDataParallel(compiled, device_ids=[device] if device.type == "cuda" else None) \
         if world > 1 else compiled
-    tokens_per_step = cfg.batch_size * raw.config.block_size * cfg.grad_accum_steps * world
-    say(f"{type(raw).__name__}: {num_params(raw) / 1e6:.2f}M parameters ({num_params(raw, False) / 1e6:.2f}M "
-        f"without positions) on {device}, {str(dtype).removeprefix('torch.')}\n"
-        f"data: {cfg.data_dir}: {len(splits['train']):,} train and {len(splits['val']):,} val tokens\n"
-        f"tokens per step: {cfg.batch_size} sequences x {raw.config.block_size} tokens x {cfg.grad_accum_steps} "
-        f"micro-steps x {world} processes = {tokens_per_step:,}")
     loop(model, optimizer, scaler, splits, data_generator, state, cfg, device, dtype)
 
 
@@ -585,6 +579,10 @@ def loop(model, optimizer, scaler, splits, data_generator, state, cfg, device, d
     loss_fn = gpt_loss if cfg.model == "gpt" else bert_loss
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     flops, peak = flops_per_token(raw, T, 1.0 if cfg.model == "gpt" else cfg.mask_prob), peak_flops(device, dtype)
+    say(f"{type(raw).__name__}: {num_params(raw) / 1e6:.2f}M parameters ({num_params(raw, False) / 1e6:.2f}M "
+        f"without positions) on {device}, {str(dtype).removeprefix('torch.')}\n"
+        f"data: {cfg.data_dir}: {len(splits['train']):,} train and {len(splits['val']):,} val tokens\n"
+        f"tokens per step: {B} sequences x {T} tokens x {accum} micro-steps x {world} processes = {tokens_per_step:,}")
 
     def next_batch():
         if cfg.model == "gpt":
@@ -592,9 +590,9 @@ def loop(model, optimizer, scaler, splits, data_generator, state, cfg, device, d
         inputs, labels = data.get_mlm_batch(splits["train"], B, T, data_generator, cfg.mask_prob)
         return data.to_device(inputs, device), data.to_device(labels, device)
 
-    out_dir, resumed, start_time = Path(cfg.out_dir), state["step"] > 0, time.time()
-    records = start_log(out_dir / "log.jsonl", state["step"] if resumed else 0)
-    last_saved = f"{out_dir / 'ckpt.pt'} (step {state['step']})" if resumed else "none (no checkpoint was written yet)"
+    out_dir, start_time = Path(cfg.out_dir), time.time()
+    records = start_log(out_dir / "log.jsonl", state["step"])
+    last_saved = f"{out_dir / 'ckpt.pt'} (step {state['step']})" if state["step"] else "none written yet"
     bar = tqdm(total=stop, initial=state["step"], desc=f"training {cfg.model}", unit="step", disable=not is_main())
     while state["step"] < stop:
         t0 = time.perf_counter()
@@ -653,7 +651,7 @@ def unwrap(model):
 
 
 def start_log(path, step):
-    """The records of the log up to `step`, with the file cut back to them (rank 0)."""
+    """The records of the log up to `step` (none for a fresh run), with the file cut back to them (rank 0)."""
     records = read_log(path, upto=step) if step > 0 else []
     if is_main():
         path.write_text("".join(json.dumps(r) + "\n" for r in records))
