@@ -166,18 +166,28 @@ class AdamW:
     def step(self):
         for group in self.param_groups:
             lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:  # the _foreach_ ops below refuse empty lists
+                continue
+            for p in params:
                 if p not in self.state:
                     self.state[p] = {"step": 0, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
-                s = self.state[p]
-                s["step"] += 1
-                p.mul_(1 - lr * wd)
-                s["exp_avg"].lerp_(p.grad, 1 - beta1)  # m + (1 - beta1) * (g - m)
-                s["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                denom = (s["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2 ** s["step"])).add_(eps)
-                p.addcdiv_(s["exp_avg"], denom, value=-lr / (1 - beta1 ** s["step"]))
+                self.state[p]["step"] += 1
+            grads = [p.grad for p in params]
+            m, v = [self.state[p]["exp_avg"] for p in params], [self.state[p]["exp_avg_sq"] for p in params]
+            t = [self.state[p]["step"] for p in params]
+            # The docstring's lines, for all the group's parameters at once: torch._foreach_op(lists, ...)
+            # applies op to each tensor of the lists, as torch.optim does. A Python loop over parameters
+            # launches a small GPU kernel per parameter and operation: at GPT-2-124M size on an H100 that
+            # took 14.7 ms per step, this 5.4 ms (torch.optim.AdamW: 4.3 ms). On a CPU both take the same.
+            torch._foreach_mul_(params, 1 - lr * wd)
+            torch._foreach_lerp_(m, grads, 1 - beta1)  # m + (1 - beta1) * (g - m)
+            torch._foreach_mul_(v, beta2)
+            torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+            denom = torch._foreach_sqrt(v)  # sqrt(v_hat) + eps = sqrt(v) / sqrt(1 - beta2^t) + eps
+            torch._foreach_div_(denom, [math.sqrt(1 - beta2 ** k) for k in t])
+            torch._foreach_add_(denom, eps)
+            torch._foreach_addcdiv_(params, m, denom, [-lr / (1 - beta1 ** k) for k in t])
 
     def zero_grad(self):
         for group in self.param_groups:
