@@ -61,7 +61,9 @@ def attention_mask(T_q, T_k, causal, key_mask, device):
     keys come from the cache. key_mask (B, T_k) is True at real tokens, False at padding.
     """
     mask = None
-    if causal:  # query i sits at position T_k - T_q + i and may see keys up to there
+    # Query i sits at position T_k - T_q + i and may see keys up to there. One query (a cached
+    # generation step) is the newest token and sees every key: no mask, so no masked (slower) kernel.
+    if causal and T_q > 1:
         mask = torch.ones(T_q, T_k, dtype=torch.bool, device=device).tril(diagonal=T_k - T_q)
     if key_mask is not None:
         pad = key_mask[:, None, None, :]  # (B, 1, 1, T_k): no query attends to a padded key
