@@ -338,12 +338,12 @@ def test_a_short_run_from_the_command_line(corpus, tmp_path, kind):
 
 def test_every_setting_has_a_help_text(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "10000")  # no line wrapping in the help (it can split words at hyphens)
+    with pytest.raises(SystemExit) as exit:
+        train.parse_args(["--help"])
+    shown = capsys.readouterr().out
+    assert exit.value.code == 0
     for cls in (ModelConfig, train.TrainConfig):
         comments = train.field_comments(cls)
         assert {f.name for f in fields(cls)} <= set(comments), cls.__name__
-        with pytest.raises(SystemExit) as exit:
-            train.parse_args(["--help"])
-        shown = capsys.readouterr().out
-        assert exit.value.code == 0
         for name, comment in comments.items():  # each shown as written (a "%" too, which argparse formats)
             assert comment in shown, name
