@@ -1,20 +1,20 @@
 """
-bench.py: how fast is each piece, and how much memory does it take? README's performance table comes
-from this script.
+bench.py: how fast is each piece, and how much memory does it take? README's performance tables
+come from this script.
 
 Rows, each measured in a fresh process so that its peak memory is its own:
-  * a training step (forward, backward, clipping, AdamW) of GPT and BERT, at the default size and at
-    GPT-2-124M size, with the fused attention kernel (SDPA) and with explicit attention, and for BERT
-    with the sparse MLM head (only the ~15% chosen positions are scored) and the dense one;
-  * one optimizer step alone: the hand-written AdamW (train.py) against torch.optim.AdamW;
+  * a model step (forward, backward, AdamW) of GPT and BERT, at the default size and at
+    GPT-2-124M size, with the fused attention kernel (SDPA) and with explicit attention, and for
+    BERT with the sparse MLM head (only the chosen positions are scored) and the dense one;
+  * one optimizer step alone: the hand-written AdamW (adamw.py) against torch.optim.AdamW;
   * generating from a 1-token prompt with and without the KV cache: 127 new tokens (the default
     model's whole window), 256 (the window slides), and 64 at GPT-2 size.
-Tokens/s counts the tokens that went through the model; MFU (model FLOPs utilisation: achieved FLOP/s
-over the device's peak, PaLM appendix B) only where train.PEAK_FLOPS knows the device.
+Tokens/s counts the tokens that went through the model; MFU (model FLOPs utilisation: achieved
+FLOP/s over the device's peak, PaLM appendix B) only where monitor.PEAK_FLOPS knows the device.
 
 Run:       python bench.py                        (a few minutes on a 2-core CPU)
            python bench.py --device cuda --dtype bfloat16
-Read next: README.md, where the measured table is.
+Read next: README.md, where the measured tables are.
 """
 
 import argparse
@@ -27,41 +27,47 @@ import time
 
 import torch
 
+import monitor
+import runtime
 import sample
-import train
-from mlm import mask_tokens, mlm_loss
-from model import BERT, EOT_ID, GPT, ModelConfig, flops_per_token, param_groups
+from adamw import AdamW
+from checkpoint import objective_for
+from mlm import mlm_loss
+from model import EOT_ID, ModelConfig, flops_per_token, param_groups
 
 SIZES = {  # (model config, batch size on a CPU, batch size on a GPU)
     "default": (dict(), 16, 64),
     "gpt2-124M": (dict(block_size=1024, n_layer=12, n_head=12, n_embd=768), 1, 8),
 }
-ROWS = [  # name: what to measure
-    ("train gpt default sdpa", dict(task="train", model="gpt", size="default")),
-    ("train gpt default explicit", dict(task="train", model="gpt", size="default", explicit=True)),
-    ("train bert default sparse-head", dict(task="train", model="bert", size="default")),
-    ("train bert default dense-head", dict(task="train", model="bert", size="default", dense=True)),
-    ("train gpt gpt2-124M sdpa", dict(task="train", model="gpt", size="gpt2-124M")),
-    ("train gpt gpt2-124M explicit", dict(task="train", model="gpt", size="gpt2-124M", explicit=True)),
-    ("train bert gpt2-124M sparse-head", dict(task="train", model="bert", size="gpt2-124M")),
-    ("train bert gpt2-124M dense-head", dict(task="train", model="bert", size="gpt2-124M", dense=True)),
-    ("adamw default hand", dict(task="adamw", size="default")),
-    ("adamw default torch", dict(task="adamw", size="default", torch_adamw=True)),
-    ("adamw gpt2-124M hand", dict(task="adamw", size="gpt2-124M")),
-    ("adamw gpt2-124M torch", dict(task="adamw", size="gpt2-124M", torch_adamw=True)),
-    ("generate default 127 tokens cache", dict(task="generate", size="default", new=127, cache=True)),
-    ("generate default 127 tokens no-cache", dict(task="generate", size="default", new=127)),
-    ("generate default 256 tokens cache", dict(task="generate", size="default", new=256, cache=True)),
-    ("generate default 256 tokens no-cache", dict(task="generate", size="default", new=256)),
-    ("generate gpt2-124M 64 tokens cache", dict(task="generate", size="gpt2-124M", new=64, cache=True)),
-    ("generate gpt2-124M 64 tokens no-cache", dict(task="generate", size="gpt2-124M", new=64)),
-]
+ROWS = {  # name: what to measure
+    "train gpt default sdpa": dict(task="train", model="gpt", size="default"),
+    "train gpt default explicit": dict(task="train", model="gpt", size="default", explicit=True),
+    "train bert default sparse-head": dict(task="train", model="bert", size="default"),
+    "train bert default dense-head": dict(task="train", model="bert", size="default", dense=True),
+    "train gpt gpt2-124M sdpa": dict(task="train", model="gpt", size="gpt2-124M"),
+    "train gpt gpt2-124M explicit": dict(task="train", model="gpt", size="gpt2-124M",
+                                         explicit=True),
+    "train bert gpt2-124M sparse-head": dict(task="train", model="bert", size="gpt2-124M"),
+    "train bert gpt2-124M dense-head": dict(task="train", model="bert", size="gpt2-124M",
+                                            dense=True),
+    "adamw default hand": dict(task="adamw", size="default"),
+    "adamw default torch": dict(task="adamw", size="default", torch_adamw=True),
+    "adamw gpt2-124M hand": dict(task="adamw", size="gpt2-124M"),
+    "adamw gpt2-124M torch": dict(task="adamw", size="gpt2-124M", torch_adamw=True),
+    "generate default 127 tokens cache": dict(task="generate", size="default", new=127, cache=True),
+    "generate default 127 tokens no-cache": dict(task="generate", size="default", new=127),
+    "generate default 256 tokens cache": dict(task="generate", size="default", new=256, cache=True),
+    "generate default 256 tokens no-cache": dict(task="generate", size="default", new=256),
+    "generate gpt2-124M 64 tokens cache": dict(task="generate", size="gpt2-124M", new=64,
+                                               cache=True),
+    "generate gpt2-124M 64 tokens no-cache": dict(task="generate", size="gpt2-124M", new=64),
+}
 
 
 def timed(fn, warmup, repeats, device):
-    """Seconds per call of fn: the median of `repeats` timed calls, after warmup calls (first calls pay
-    for allocation and autotuning). The median, not the mean: on a shared machine a neighbour's burst
-    slows a call or two, and one slow call should not move the figure."""
+    """Seconds per call of fn: the median of `repeats` timed calls, after warmup calls (first calls
+    pay for allocation and autotuning). The median, not the mean: on a shared machine a
+    neighbour's burst slows a call or two, and one slow call should not move the figure."""
     for _ in range(warmup):
         fn()
     times = []
@@ -76,95 +82,124 @@ def timed(fn, warmup, repeats, device):
     return statistics.median(times)
 
 
-def build(row, device, dtype):
+def build(row, device):
+    """(the row's model on the device, its objective, the batch size for this device)."""
     config, cpu_batch, gpu_batch = SIZES[row["size"]]
     config = ModelConfig(**config, explicit_attention=row.get("explicit", False))
+    objective = objective_for(row.get("model", "gpt"))
     torch.manual_seed(0)
-    model = (BERT if row.get("model") == "bert" else GPT)(config).to(device)
-    return model, cpu_batch if device.type == "cpu" else gpu_batch
+    model = objective.Model(config).to(device)
+    return model, objective, cpu_batch if device.type == "cpu" else gpu_batch
 
 
 def bench_train(row, device, dtype):
-    model, B = build(row, device, dtype)
+    """One model step: forward and loss under autocast, backward, AdamW."""
+    model, objective, B = build(row, device)
     T = model.config.block_size
-    optimizer = train.AdamW(param_groups(model, 0.1), lr=1e-4)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    idx = torch.randint(0, EOT_ID, (B, T), generator=torch.Generator().manual_seed(0))
-    if row["model"] == "gpt":
-        batch, loss_fn = idx.to(device), train.gpt_loss
-    else:
-        batch = tuple(t.to(device) for t in mask_tokens(idx, torch.Generator().manual_seed(0)))
-        loss_fn = (lambda m, b: mlm_loss(m(b[0]), b[1])) if row.get("dense") else train.bert_loss
-    step = lambda: train.train_step(model, optimizer, scaler, [batch], loss_fn, 1.0, autocast)
+    optimizer = AdamW(param_groups(model, 0.1), lr=1e-4)
+    autocast = runtime.autocast(device, dtype)
+    g = torch.Generator().manual_seed(0)
+    inputs, targets = objective.train_batch(torch.randint(0, EOT_ID, (B, T), generator=g), g)
+    inputs, targets = inputs.to(device), targets.to(device)
+    dense = row.get("dense")  # BERT's head on every position, the loss on the chosen ones only
+
+    def step():
+        with autocast:
+            if dense:
+                loss = mlm_loss(model(inputs), targets)
+            else:
+                loss = objective.loss(model, inputs, targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
     seconds = timed(step, 3, 5 if row["size"] == "default" else 3, device)
     tokens_per_s = B * T / seconds
-    peak = train.peak_flops(device, dtype)
-    flops = flops_per_token(model, T, head_fraction=0.15 if row["model"] == "bert" and not row.get("dense") else 1.0)
-    return {"tokens/s": tokens_per_s, "ms/step": 1000 * seconds, "MFU": flops * tokens_per_s / peak if peak else None}
+    peak = monitor.peak_flops(device, dtype)
+    flops = flops_per_token(model, T, 1.0 if dense else objective.head_fraction)
+    return {"tokens/s": tokens_per_s, "ms/step": 1000 * seconds,
+            "MFU": flops * tokens_per_s / peak if peak else None}
 
 
 def bench_adamw(row, device, dtype):
-    model, _ = build(row, device, dtype)
+    model, _, _ = build(row, device)
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
     groups = param_groups(model, 0.1)
-    optimizer = (torch.optim.AdamW if row.get("torch_adamw") else train.AdamW)(groups, lr=1e-4)
+    optimizer = (torch.optim.AdamW if row.get("torch_adamw") else AdamW)(groups, lr=1e-4)
     return {"ms/step": 1000 * timed(optimizer.step, 3, 30, device)}
 
 
 def bench_generate(row, device, dtype):
-    model, _ = build(row, device, dtype)
+    model, _, _ = build(row, device)
     model.eval()
     new = row["new"]
-    prompt = torch.tensor([[EOT_ID]], device=device)  # a 1-token prompt, as GPT-2 starts unconditional samples
-    run = lambda: sample.generate(model, prompt, new, generator=torch.Generator(device).manual_seed(0),
-                                  use_cache=row.get("cache", False))
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+    prompt = torch.tensor([[EOT_ID]], device=device)  # 1 token, as GPT-2's unconditional samples
+
+    def run():
+        generator = torch.Generator(device).manual_seed(0)
+        sample.generate(model, prompt, new, generator=generator, use_cache=row.get("cache", False))
+
+    with runtime.autocast(device, dtype):
         seconds = timed(run, 1, 3 if row["size"] == "default" and row.get("cache") else 1, device)
     return {"tokens/s": new / seconds, "ms/step": 1000 * seconds / new}
 
 
 def measure(name, device, dtype):
-    row = dict(ROWS)[name]
-    result = {"train": bench_train, "adamw": bench_adamw, "generate": bench_generate}[row["task"]](row, device, dtype)
+    row = ROWS[name]
+    task = {"train": bench_train, "adamw": bench_adamw, "generate": bench_generate}[row["task"]]
+    result = task(row, device, dtype)
     if device.type == "cuda":
         result["peak memory (MB)"] = torch.cuda.max_memory_allocated() / 2**20
-    else:  # the process's peak resident memory (Linux reports KB), the Python interpreter and torch included
+    else:  # the process's peak resident memory (Linux reports KB), Python and torch included
         result["peak memory (MB)"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Measure training, optimizer and generation speed.")
+    parser = runtime.Parser(description="Measure training, optimizer and generation speed.")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
+                        default="auto")
     parser.add_argument("--only", default="", help="run the rows whose name contains this text")
-    parser.add_argument("--row", default=None, help=argparse.SUPPRESS)  # internal: measure one row here
+    parser.add_argument("--row", default=None, help=argparse.SUPPRESS)  # internal: one row here
     args = parser.parse_args()
-    device = train.pick_device(args.device)
-    dtype = train.pick_dtype(args.dtype, device)
+    device = runtime.pick_device(args.device)
+    dtype = runtime.pick_dtype(args.dtype, device)
     if device == "cpu":
-        train.keep_freed_memory()
+        runtime.keep_freed_memory()
     if args.row:  # the child process: measure, print one JSON line
         print(json.dumps(measure(args.row, torch.device(device), dtype)))
         return
-    name = torch.cuda.get_device_name() if device == "cuda" else f"{device}, {torch.get_num_threads()} threads"
-    print(f"device: {name}; dtype: {str(dtype).removeprefix('torch.')}; torch {torch.__version__}\n")
-    print("| row | tokens/s | ms/step | MFU | peak memory (MB) |\n| --- | ---: | ---: | ---: | ---: |")
-    for row, _ in ROWS:
-        if args.only not in row:
-            continue
-        out = subprocess.run([sys.executable, __file__, "--row", row, "--device", args.device, "--dtype", args.dtype],
-                             capture_output=True, text=True)
-        if out.returncode != 0:
-            print(f"| {row} | failed: {out.stderr.strip().splitlines()[-1]} | | | |", flush=True)
-            continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        fmt = lambda key, f: "" if r.get(key) is None else format(r[key], f)
-        print(f"| {row} | {fmt('tokens/s', ',.0f')} | {fmt('ms/step', ',.1f')} | {fmt('MFU', '.1%')} | "
-              f"{fmt('peak memory (MB)', ',.0f')} |", flush=True)
+    threads = f"{device}, {torch.get_num_threads()} threads"
+    name = torch.cuda.get_device_name() if device == "cuda" else threads
+    print(f"device: {name}; dtype: {str(dtype).removeprefix('torch.')}; "
+          f"torch {torch.__version__}\n")
+    print("| row | tokens/s | ms/step | MFU | peak memory (MB) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for row in ROWS:
+        if args.only in row:
+            print_row(row, args)
+
+
+def print_row(row, args):
+    """Measure one row in a child process and print it as a line of README's table."""
+    out = subprocess.run([sys.executable, __file__, "--row", row, "--device", args.device,
+                          "--dtype", args.dtype], capture_output=True, text=True)
+    if out.returncode != 0:
+        print(f"| {row} | failed: {out.stderr.strip().splitlines()[-1]} | | | |", flush=True)
+        return
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+
+    def fmt(key, spec):
+        return "" if r.get(key) is None else format(r[key], spec)
+
+    print(f"| {row} | {fmt('tokens/s', ',.0f')} | {fmt('ms/step', ',.1f')} | {fmt('MFU', '.1%')} | "
+          f"{fmt('peak memory (MB)', ',.0f')} |", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except runtime.ConfigError as e:
+        sys.exit(f"error: {e}")

@@ -1,5 +1,5 @@
 """
-clm.py: the causal language-modelling objective (GPT's), in one function.
+clm.py: the causal language-modelling objective (GPT's).
 
 A causal LM factors the probability of a text left to right,
 
@@ -10,32 +10,67 @@ position t cannot peek at t + 1) outputs a distribution over the vocabulary for 
 Training minimises the cross-entropy of the true next tokens, i.e. the negative log-likelihood of
 the text, averaged over the predicted positions.
 
-The shift by one. The logits at position t are scored against token t + 1, so for a block of T
-tokens we compare logits[:, :-1] with idx[:, 1:]. The last position has no next token inside the
-block and is not scored; the first token is never a target (nothing came before it). Every other
-token is a target exactly once, so no label tensor is needed: the input is its own label, shifted.
-(So the last position's embedding never receives a gradient. We measured whether that hurts when
-sample.py predicts from a full window: on WikiText-2 val, over 2,000 windows of the default model,
-predictions made at position 127 cost 4.97 nats against 5.05 on average at positions 100 to 126.
-Late positions hardly need their position: the context carries the information.)
+The shift by one. The logits at position t are scored against token t + 1, so the targets of a
+block are its own tokens moved one place left (`next_token_targets`). The last position has no
+next token inside the block: its target is IGNORE, and the first token is never a target. No
+label data is needed: the input is its own label, shifted. (The last position's embedding thus
+never receives a gradient; README's design notes measure that this does not hurt.)
 
-ignore_index. A target equal to ignore_index (-100, PyTorch's default) is left out of the mean:
-set it at positions that must not count, such as padding.
+IGNORE (-100, PyTorch's default ignore_index). A target equal to it is left out of the mean. The
+masked-LM objective (mlm.py) uses it for every position it did not choose.
 
-Perplexity = exp(mean loss): the number of equally likely tokens the model is, on average, choosing
-between. A model that guesses uniformly over V tokens has loss ln(V) and perplexity V; a perfect
-model has loss 0 and perplexity 1. train.py and sample.py report it over a whole split.
+Perplexity = exp(mean loss): the number of equally likely tokens the model is, on average,
+choosing between. A model that guesses uniformly over V tokens has loss ln(V) and perplexity V; a
+perfect model has loss 0 and perplexity 1. train.py and sample.py report it over a whole split.
+
+`CLM` is this objective in the form the training loop and evaluation use; mlm.MLM has the same
+methods, so the loop never asks which model it trains.
 
 Try it:    python -m pytest tests/test_clm_mlm.py -k clm
 Read next: mlm.py (BERT's objective).
 """
 
+import math
+
 import torch.nn.functional as F
 
+from model import GPT, IGNORE
 
-def clm_loss(logits, idx, ignore_index=-100):
-    """Mean next-token cross-entropy. logits (B, T, V) were computed from idx (B, T)."""
-    V = logits.size(-1)
-    predictions = logits[:, :-1, :]  # (B, T-1, V): what each position says comes next...
-    targets = idx[:, 1:]  # (B, T-1): ...and what did come next
-    return F.cross_entropy(predictions.reshape(-1, V), targets.reshape(-1), ignore_index=ignore_index)
+
+def next_token_targets(idx):
+    """idx (B, T) -> targets (B, T): the token after each position, IGNORE at the last one."""
+    return F.pad(idx[:, 1:], (0, 1), value=IGNORE)
+
+
+def clm_loss(logits, targets):
+    """Mean cross-entropy of logits (B, T, V) against targets (B, T), IGNORE left out.
+    Shifting the targets, not the logits, keeps the (B, T, V) logits as they are: slicing off
+    their last position would copy the largest tensor of the step (README, Performance)."""
+    return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=IGNORE)
+
+
+class CLM:
+    """Causal LM as the loop sees it: batches from token blocks, the loss, what evaluation
+    counts."""
+
+    Model = GPT  # the model this objective trains
+    eval_overlap = 1  # evaluation blocks share one token: a block's first token is never a target
+    head_fraction = 1.0  # the LM head scores every position (model.flops_per_token)
+
+    def train_batch(self, tokens, generator=None):
+        """(inputs, targets) from token blocks (B, T). Nothing is random: no generator is used."""
+        return tokens, next_token_targets(tokens)
+
+    def eval_batch(self, tokens, starts):
+        return self.train_batch(tokens)
+
+    def loss(self, model, inputs, targets):
+        return clm_loss(model(inputs), targets)
+
+    def eval_sums(self, model, inputs, targets):
+        """{metric: (sum of token losses, number of tokens)} for one evaluation batch."""
+        n = (targets != IGNORE).sum()
+        return {"loss": (self.loss(model, inputs, targets) * n, n)}
+
+    def describe(self, metrics):
+        return f"loss {metrics['loss']:.4f}, perplexity {math.exp(metrics['loss']):.2f}"

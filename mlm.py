@@ -2,8 +2,8 @@
 mlm.py: the masked language-modelling objective (BERT's), as in Devlin et al. 2019, section 3.1.
 
 A causal LM (clm.py) only ever looks left. BERT looks both ways: its attention has no causal mask,
-so every position sees the whole block. Predicting "the next token" would then be trivial (it is in
-view), so BERT plays a cloze game instead: hide some tokens and predict them from both sides.
+so every position sees the whole block. Predicting "the next token" would then be trivial (it is
+in view), so BERT plays a cloze game instead: hide some tokens and predict them from both sides.
 
 How tokens are chosen and hidden (`mask_tokens`)
   1. Choose 15% of the positions that hold ordinary tokens. Special ids (<|endoftext|> 50256,
@@ -17,48 +17,104 @@ How tokens are chosen and hidden (`mask_tokens`)
      ones it will see (the pretrain/fine-tune mismatch). Random and unchanged tokens make every
      input position a possible target, so the model must keep a good representation of each one,
      including tokens that look perfectly normal.
-  3. The label is the original token at the chosen positions and -100 (ignored) elsewhere: the loss
+  3. The target is the original token at the chosen positions and IGNORE elsewhere: the loss
      counts the chosen ~15% only. That is MLM's price: each sequence teaches about 15% as many
      predictions as CLM's.
+
+Honest evaluation. The 10% of chosen tokens left unchanged can simply be copied from the input, so
+they flatter the loss over all chosen positions. Evaluation reports it (the classic number, with
+fixed 15% masks so that runs compare) and, beside it, the loss at the positions replaced by [MASK]
+only, where the model has nothing to copy.
 
 Try it:    python -m pytest tests/test_clm_mlm.py -k mask
 Read next: data.py (where the token blocks come from).
 """
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from model import EOT_ID, MASK_ID
+from model import BERT, EOT_ID, IGNORE, MASK_ID
+
+EVAL_MASK_PROB = 0.15  # evaluation always hides 15%, whatever the training rate, so runs compare
+EVAL_MASK_SEED = 1234  # ...and the same tokens at every evaluation
 
 
 def mask_tokens(idx, generator=None, mask_prob=0.15, mask_frac=0.8, random_frac=0.1):
     """BERT's corruption of a batch. idx (B, T) int64 on the CPU (where `generator` draws).
 
-    Returns (inputs, labels), both (B, T): inputs with the chosen positions replaced (80% [MASK],
-    10% random, 10% kept), labels holding the original id at chosen positions and -100 elsewhere.
-    idx itself is not modified; the same generator state gives the same result."""
+    Returns (inputs, targets), both (B, T): inputs with the chosen positions replaced (80% [MASK],
+    10% random, 10% kept), targets holding the original id at chosen positions and IGNORE
+    elsewhere. idx itself is not modified; the same generator state gives the same result."""
     eligible = idx < EOT_ID  # ordinary tokens only: ids 0..50255
-    # Exactly k positions per row: give every eligible position a random score and take the k lowest.
+    # Exactly k positions per row: give every eligible position a random score, take the k lowest.
     k = (eligible.sum(dim=1) * mask_prob).round().clamp(min=1)  # (B,)
-    scores = torch.rand(idx.shape, generator=generator).masked_fill(~eligible, 2.0)  # ineligible last
+    scores = torch.rand(idx.shape, generator=generator)
+    scores = scores.masked_fill(~eligible, 2.0)  # ineligible positions rank last
     rank = scores.argsort(dim=1).argsort(dim=1)  # (B, T): 0 for the lowest score in its row, ...
     chosen = (rank < k[:, None]) & eligible
 
-    labels = idx.masked_fill(~chosen, -100)
+    targets = idx.masked_fill(~chosen, IGNORE)
     inputs = idx.clone()
-    u = torch.rand(idx.shape, generator=generator)  # one uniform number decides each chosen token's fate
+    u = torch.rand(idx.shape, generator=generator)  # one uniform number decides each chosen fate
     to_mask = chosen & (u < mask_frac)
     to_random = chosen & (u >= mask_frac) & (u < mask_frac + random_frac)
     inputs[to_mask] = MASK_ID
-    random_ids = torch.randint(0, EOT_ID, idx.shape, generator=generator)  # uniform over ordinary ids
+    random_ids = torch.randint(0, EOT_ID, idx.shape, generator=generator)  # uniform, ordinary ids
     inputs[to_random] = random_ids[to_random]
-    return inputs, labels
+    return inputs, targets
 
 
-def mlm_loss(logits, labels):
+def mlm_loss(logits, targets):
     """Cross-entropy over the chosen positions only.
 
-    Dense form: logits (B, T, V) with labels (B, T), -100 where nothing was chosen.
-    Sparse form: logits (N, V) for the N chosen positions only (model.BERT(..., positions=labels != -100))
-    with their labels (N,). Both give the same number."""
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
+    Dense form: logits (B, T, V) with targets (B, T), IGNORE where nothing was chosen.
+    Sparse form: logits (N, V) for the N chosen positions only
+    (model.BERT(..., positions=targets != IGNORE)) with their targets (N,). Both give the same."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                           ignore_index=IGNORE)
+
+
+@dataclass
+class MLM:
+    """Masked LM as the loop sees it: batches from token blocks, the loss, what evaluation
+    counts."""
+
+    mask_prob: float = 0.15  # share of the ordinary tokens chosen in training
+    Model = BERT  # the model this objective trains (a class attribute, not a field)
+    eval_overlap = 0  # evaluation blocks do not overlap: every token is in exactly one
+
+    @property
+    def head_fraction(self):
+        return self.mask_prob  # the sparse head scores only the chosen positions
+
+    def train_batch(self, tokens, generator):
+        return mask_tokens(tokens, generator, self.mask_prob)
+
+    def eval_batch(self, tokens, starts):
+        """Each block's masks seeded by where it starts in the split: the same hidden tokens at
+        every evaluation, whatever the batch size or the number of processes."""
+        rows = [mask_tokens(row[None], torch.Generator().manual_seed(EVAL_MASK_SEED + start),
+                            EVAL_MASK_PROB) for row, start in zip(tokens, starts)]
+        return tuple(torch.cat(parts) for parts in zip(*rows))  # (inputs, targets), each (B, T)
+
+    def loss(self, model, inputs, targets):
+        chosen = targets != IGNORE
+        return mlm_loss(model(inputs, positions=chosen), targets[chosen])  # the sparse head
+
+    def eval_sums(self, model, inputs, targets):
+        """{metric: (sum of token losses, number of tokens)}: all chosen positions, and those
+        replaced by [MASK] only."""
+        chosen = targets != IGNORE
+        logits = model(inputs, positions=chosen).float()  # (N, V)
+        losses = F.cross_entropy(logits, targets[chosen], reduction="none")  # (N,)
+        at_mask = inputs[chosen] == MASK_ID
+        return {"loss": (losses.sum(), chosen.sum()),
+                "mask_loss": (losses[at_mask].sum(), at_mask.sum())}
+
+    def describe(self, metrics):
+        loss, at_mask = metrics["loss"], metrics["mask_loss"]
+        return (f"MLM loss {loss:.4f} (pseudo-perplexity {math.exp(loss):.1f}), "
+                f"at [MASK] only {at_mask:.4f}")

@@ -5,24 +5,24 @@ What this file teaches
   * The Transformer block of GPT-2: pre-LayerNorm, multi-head self-attention, a 4x-wide MLP, and a
     residual connection around each of the two.
   * GPT and BERT are the same stack of those blocks. They differ in three places only:
-      1. the attention mask: GPT's is causal (position t sees positions <= t), BERT's sees everything;
+      1. the attention mask: GPT's is causal (position t sees positions <= t), BERT's sees all;
       2. the head: GPT scores every position's next token; BERT's masked-LM head scores the hidden
          token at the positions mlm.py chose (and only there: "sparse prediction");
       3. the objective: clm.py for GPT, mlm.py for BERT.
-  * Attention twice: the fused `F.scaled_dot_product_attention`, and an explicit version you can read
-    (QK^T / sqrt(d), mask, softmax, dropout, times V). tests/test_model.py proves they agree.
-  * GPT-2's initialisation, and what a training loop asks of a model: parameter counts, weight-decay
-    groups, FLOPs per token (for MFU).
+  * Attention twice: the fused `F.scaled_dot_product_attention`, and an explicit version you can
+    read (QK^T / sqrt(d), mask, softmax, dropout, times V). tests/test_model.py proves they agree.
+  * GPT-2's initialisation, and what a training loop asks of a model: parameter counts,
+    weight-decay groups, FLOPs per token (for MFU).
 
-The layer names (`transformer.h.0.attn.c_attn`, ...) are GPT-2's, so OpenAI's weights load one to one
-(`GPT.from_gpt2`).
+The layer names (`transformer.h.0.attn.c_attn`, ...) are GPT-2's, so OpenAI's weights load one to
+one (`GPT.from_gpt2`).
 
 Try it:    python -c "import model; m = model.GPT(model.ModelConfig()); print(model.num_params(m))"
 Read next: clm.py and mlm.py (the two objectives), then data.py.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -32,37 +32,43 @@ from torch.utils.checkpoint import checkpoint
 # The vocabulary is GPT-2's byte-pair encoding (ids 0..50256) plus one id of our own.
 EOT_ID = 50256  # <|endoftext|>: GPT-2's last id; data.py puts it between documents
 MASK_ID = 50257  # [MASK] for BERT (mlm.py): the first id after GPT-2's vocabulary
-# Ids from 50258 up to vocab_size - 1 never occur in data. They only round the embedding matrix up to
-# a multiple of 64, a shape that matmul kernels tile without a ragged edge.
+# Ids from 50258 up to vocab_size - 1 never occur in data. They only round the embedding matrix
+# up to a multiple of 64, a shape that matmul kernels tile without a ragged edge.
+IGNORE = -100  # a target that does not count (F.cross_entropy's default ignore_index)
+
+
+def setting(default, help):
+    """A config field and its --help text: train.py turns every field into a --flag."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = 50304  # GPT-2's 50257 ids, [MASK] at 50257, then padding up to a multiple of 64
-    block_size: int = 128  # the longest sequence the model reads (it learns one embedding per position)
-    n_layer: int = 4  # Transformer blocks
-    n_head: int = 4  # attention heads per block; n_embd must divide by it
-    n_embd: int = 256  # width of the residual stream
-    dropout: float = 0.0  # on embeddings, attention weights and residual branches (0 = off)
-    bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2 and BERT
+    vocab_size: int = setting(50304, "GPT-2's 50,257 ids, [MASK], then padding to a multiple of 64")
+    block_size: int = setting(128, "the longest sequence the model reads")
+    n_layer: int = setting(4, "Transformer blocks")
+    n_head: int = setting(4, "attention heads per block; n_embd must divide by it")
+    n_embd: int = setting(256, "width of the residual stream")
+    dropout: float = setting(0.0, "on embeddings, attention weights and residual branches (0: off)")
+    bias: bool = setting(True, "biases in Linear and LayerNorm layers, as in GPT-2 and BERT")
     # The two switches below change how the forward pass is computed, never what it computes.
-    explicit_attention: bool = False  # spell attention out step by step instead of the fused SDPA kernel
-    grad_checkpointing: bool = False  # keep only block inputs; recompute the rest in backward
+    explicit_attention: bool = setting(False, "attention step by step instead of fused SDPA")
+    grad_checkpointing: bool = setting(False, "keep only block inputs; recompute in backward")
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
+            raise ValueError(f"--n_embd {self.n_embd} is not a multiple of --n_head {self.n_head}")
 
 
 def attention_mask(T_q, T_k, causal, key_mask, device):
-    """Boolean mask (B or 1, 1, T_q, T_k), True where a query may attend to a key; None = everywhere.
+    """Boolean mask (B or 1, 1, T_q, T_k), True where a query may attend to a key; None: all keys.
 
     The T_q queries are the last T_q of the T_k positions: with a KV cache (sample.py) the earlier
     keys come from the cache. key_mask (B, T_k) is True at real tokens, False at padding.
     """
     mask = None
     # Query i sits at position T_k - T_q + i and may see keys up to there. One query (a cached
-    # generation step) is the newest token and sees every key: no mask, so no masked (slower) kernel.
+    # generation step) is the newest token and sees every key: no mask, so no slower masked kernel.
     if causal and T_q > 1:
         mask = torch.ones(T_q, T_k, dtype=torch.bool, device=device).tril(diagonal=T_k - T_q)
     if key_mask is not None:
@@ -72,7 +78,7 @@ def attention_mask(T_q, T_k, causal, key_mask, device):
 
 
 def explicit_attention(q, k, v, mask, dropout_p):
-    """softmax(Q K^T / sqrt(d) + mask) V, step by step. q (B, nh, T_q, hs), k and v (B, nh, T_k, hs)."""
+    """softmax(Q K^T / sqrt(d) + mask) V, step by step. q (B, nh, T_q, hs); k, v (B, nh, T_k, hs)"""
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T_q, T_k)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))  # exp(-inf) = 0: no weight on hidden keys
@@ -82,12 +88,13 @@ def explicit_attention(q, k, v, mask, dropout_p):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention; causal=True lets each position see only itself and earlier ones."""
+    """Multi-head self-attention; causal=True lets each position see only itself and earlier."""
 
     def __init__(self, config, causal):
         super().__init__()
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)  # back to the stream
+        C = config.n_embd
+        self.c_attn = nn.Linear(C, 3 * C, bias=config.bias)  # q, k and v at once
+        self.c_proj = nn.Linear(C, C, bias=config.bias)  # back into the residual stream
         self.resid_dropout = nn.Dropout(config.dropout)
         self.config, self.causal = config, causal
 
@@ -105,9 +112,10 @@ class SelfAttention(nn.Module):
         T_k = k.size(2)
         dropout_p = self.config.dropout if self.training else 0.0
         if self.config.explicit_attention:
-            y = explicit_attention(q, k, v, attention_mask(T, T_k, self.causal, key_mask, x.device), dropout_p)
+            mask = attention_mask(T, T_k, self.causal, key_mask, x.device)
+            y = explicit_attention(q, k, v, mask, dropout_p)
         elif self.causal and key_mask is None and T == T_k:
-            # The same causal mask, but stated as a flag so SDPA may pick a fused kernel (FlashAttention).
+            # The same causal mask, stated as a flag so that SDPA may pick a fused kernel.
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
             mask = attention_mask(T, T_k, self.causal, key_mask, x.device)
@@ -122,12 +130,12 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # the tanh approximation GPT-2 (and BERT's code) used
+        self.gelu = nn.GELU(approximate="tanh")  # the tanh approximation GPT-2 and BERT used
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, 4C) inside, (B, T, C) out
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, 4C) inside, then C
 
 
 class Block(nn.Module):
@@ -165,12 +173,12 @@ class Transformer(nn.Module):
         T = idx.size(1)
         start = cache[0]["k"].size(2) if cache and cache[0] else 0  # tokens already in the cache
         if start + T > self.config.block_size:
-            raise ValueError(f"{start + T} positions, but the model has only block_size={self.config.block_size}")
+            raise ValueError(f"{start + T} positions, but block_size is {self.config.block_size}")
         pos = torch.arange(start, start + T, device=idx.device)  # (T,)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.h):
             if self.config.grad_checkpointing and self.training and torch.is_grad_enabled():
-                # Activation checkpointing: store only the block's input; backward runs the block again.
+                # Activation checkpointing: keep only the block's input; backward runs it again.
                 x = checkpoint(block, x, key_mask, use_reentrant=False)
             else:
                 x = block(x, key_mask, None if cache is None else cache[i])
@@ -178,7 +186,7 @@ class Transformer(nn.Module):
 
 
 class GPT(nn.Module):
-    """Decoder-only LM: a causal Transformer whose features at position t score the token at t + 1."""
+    """Decoder-only LM: a causal Transformer whose features at position t score the token t + 1."""
 
     def __init__(self, config):
         super().__init__()
@@ -197,15 +205,15 @@ class GPT(nn.Module):
         """A GPT holding OpenAI's GPT-2 weights, from a state dict in Hugging Face's layout: either
         GPT2LMHeadModel's (`transformer.wte.weight`, ..., `lm_head.weight`) or the bare keys of
         OpenAI's original pytorch_model.bin (`wte.weight`, `h.0.attn.c_attn.weight`, ...).
-        The sizes come from the tensors' shapes; n_head cannot, so it is given (64-wide heads in every
-        GPT-2 size: n_head = n_embd // 64). dropout: for training on from here (GPT-2 used 0.1)."""
+        The sizes come from the tensors' shapes; n_head cannot, so it is given (64-wide heads in
+        every GPT-2 size: n_head = n_embd // 64). dropout: for training on (GPT-2 used 0.1)."""
         sd = {k.removeprefix("transformer."): v for k, v in state_dict.items()
-              if not k.endswith((".attn.bias", ".attn.masked_bias"))}  # causal-mask buffers, not weights
+              if not k.endswith((".attn.bias", ".attn.masked_bias"))}  # mask buffers, not weights
         lm_head = sd.pop("lm_head.weight", None)
         vocab_size, n_embd = sd["wte.weight"].shape
         n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("h."))
-        config = ModelConfig(vocab_size=vocab_size, block_size=sd["wpe.weight"].size(0), n_layer=n_layer,
-                             n_head=n_head, n_embd=n_embd, dropout=dropout, bias=True)
+        config = ModelConfig(vocab_size=vocab_size, block_size=sd["wpe.weight"].size(0),
+                             n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout)
         model = cls(config)
         expected = {k.removeprefix("transformer.") for k in model.state_dict()} - {"lm_head.weight"}
         if set(sd) != expected:
@@ -213,8 +221,10 @@ class GPT(nn.Module):
                              f"unexpected {sorted(set(sd) - expected)}")
         if lm_head is not None and not torch.equal(lm_head, sd["wte.weight"]):
             raise ValueError("lm_head.weight differs from wte.weight, but GPT-2 ties them")
-        # GPT-2's code keeps its linear layers as "Conv1D" with weight (in, out); nn.Linear's is (out, in).
-        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        # GPT-2's code keeps its linear layers as "Conv1D", weight (in, out); nn.Linear's is
+        # (out, in): transpose exactly these four per block.
+        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
+                  "mlp.c_proj.weight")
         ours = {"transformer." + k: (v.t() if k.endswith(conv1d) else v) for k, v in sd.items()}
         ours["lm_head.weight"] = ours["transformer.wte.weight"]
         model.load_state_dict(ours)
@@ -228,8 +238,8 @@ class BERT(nn.Module):
         super().__init__()
         self.config = config
         self.transformer = Transformer(config, causal=False)
-        # The MLM head of BERT (Devlin et al. 2019): dense -> GELU -> LayerNorm -> a decoder tied to the
-        # token embedding, plus an output bias of its own.
+        # The MLM head of BERT (Devlin et al. 2019): dense -> GELU -> LayerNorm -> a decoder tied
+        # to the token embedding, plus an output bias of its own.
         self.head_dense = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.head_gelu = nn.GELU(approximate="tanh")
         self.head_ln = nn.LayerNorm(config.n_embd, bias=config.bias)
@@ -238,10 +248,11 @@ class BERT(nn.Module):
 
     def forward(self, idx, attention_mask=None, positions=None):
         """idx (B, T); attention_mask (B, T) bool, True at real tokens (padded keys are ignored);
-        positions (B, T) bool: score only these. Returns logits (B, T, V), or (N, V) for the N positions."""
+        positions (B, T) bool: score only these. Returns logits (B, T, V), or (N, V) for the N
+        positions."""
         x = self.transformer(idx, key_mask=attention_mask)  # (B, T, C)
         if positions is not None:
-            # Sparse prediction (Geiping & Goldstein 2023, "Cramming"): only the ~15% chosen positions
+            # Sparse prediction (Geiping & Goldstein 2023, "Cramming"): only the chosen positions
             # go through the head, so the 50k-way projection is never computed for the others.
             x = x[positions]  # (N, C)
         x = self.head_ln(self.head_gelu(self.head_dense(x)))
@@ -249,14 +260,16 @@ class BERT(nn.Module):
 
 
 def init_weights(model):
-    """GPT-2's initialisation (Radford et al. 2019 and its released code): every Linear and Embedding
-    weight ~ N(0, 0.02), biases 0, LayerNorm gain 1 and shift 0. The two projections per block that
-    write into the residual stream (`c_proj`) get std 0.02 / sqrt(2 * n_layer): the stream is a sum of
-    2 * n_layer such branches, and the scaling keeps its variance from growing with depth."""
+    """GPT-2's initialisation (Radford et al. 2019 and its released code): every Linear and
+    Embedding weight ~ N(0, 0.02), biases 0, LayerNorm gain 1 and shift 0. The two projections per
+    block that write into the residual stream (`c_proj`) get std 0.02 / sqrt(2 * n_layer): the
+    stream is a sum of 2 * n_layer such branches, and the scaling keeps its variance from growing
+    with depth."""
     residual_std = 0.02 / math.sqrt(2 * model.config.n_layer)
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=residual_std if name.endswith("c_proj") else 0.02)
+            std = residual_std if name.endswith("c_proj") else 0.02
+            nn.init.normal_(module.weight, mean=0.0, std=std)
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
@@ -266,8 +279,9 @@ def init_weights(model):
 
 
 def num_params(model, include_position=True):
-    """Number of parameters, the tied embedding/LM-head matrix counted once (.parameters() visits each
-    tensor once). include_position=False leaves out the position table, as GPT-2's papers count."""
+    """Number of parameters, the tied embedding/LM-head matrix counted once (.parameters() visits
+    each tensor once). include_position=False leaves out the position table, as GPT-2's papers
+    count."""
     n = sum(p.numel() for p in model.parameters())
     return n if include_position else n - model.transformer.wpe.weight.numel()
 
@@ -275,10 +289,11 @@ def num_params(model, include_position=True):
 def param_groups(model, weight_decay):
     """Parameter groups for AdamW: weight decay on every matrix, none on vectors.
 
-    Vectors (biases, LayerNorm gains and shifts) set offsets and scales; pulling them toward 0 is no
-    regulariser, it only fights the LayerNorm gain's natural value of 1. Matrices, embeddings included,
-    are decayed: the token embedding is also the output layer (tied), the largest matmul weight of all,
-    and one rule ("2-D or more is decayed") is easy to check. The tied matrix appears once."""
+    Vectors (biases, LayerNorm gains and shifts) set offsets and scales; pulling them toward 0 is
+    no regulariser, it only fights the LayerNorm gain's natural value of 1. Matrices, embeddings
+    included, are decayed: the token embedding is also the output layer (tied), the largest matmul
+    weight of all, and one rule ("2-D or more is decayed") is easy to check. The tied matrix
+    appears once."""
     params = [p for p in model.parameters() if p.requires_grad]
     return [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
@@ -291,10 +306,11 @@ def flops_per_token(model, seq_len, head_fraction=1.0):
 
     6N: each weight in a matmul does a multiply-add (2 FLOPs) per token forward and two backward.
     N counts the blocks and the head (the tied LM-head matrix is a matmul); position lookups cost
-    nothing. 12·L·H·Q·T: attention's QK^T and weights·V, with L layers, H heads, Q = head size and
-    T = seq_len. head_fraction: the share of positions the head scores (BERT's sparse head: mask_prob)."""
+    nothing. 12·L·H·Q·T: attention's QK^T and weights·V, with L layers, H heads, Q = head size
+    and T = seq_len. head_fraction: the share of positions the head scores (1 for GPT; the masking
+    rate for BERT's sparse head)."""
     cfg = model.config
     n_blocks = sum(p.numel() for p in model.transformer.h.parameters())
-    n_head = num_params(model, include_position=False) - n_blocks  # embedding/LM head (+ BERT's head)
+    n_head = num_params(model, include_position=False) - n_blocks  # embedding/LM head (+ BERT's)
     attention = 12 * cfg.n_layer * cfg.n_head * (cfg.n_embd // cfg.n_head) * seq_len
     return 6 * (n_blocks + head_fraction * n_head) + attention

@@ -20,7 +20,7 @@ RoPE, avoid this; see EXERCISES.md). With and without the cache, the tokens are 
 
 Fill-mask (BERT): put [MASK] in the prompt; the model scores every vocabulary entry at each [MASK].
 
-Perplexity: --eval val|test|file.txt runs train.evaluate, the exact pass over every token of
+Perplexity: --eval val|test|file.txt runs data.evaluate, the exact pass over every token of
 the text. For a BERT it reports the masked-LM loss with fixed masks and its exponential, a
 "pseudo-perplexity" (not Salazar et al.'s, which masks one token at a time).
 
@@ -34,9 +34,9 @@ Read next: EXERCISES.md.
 
 import argparse
 import codecs
-import math
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +44,10 @@ import torch
 import torch.nn.functional as F
 
 import data
-import train
-from model import BERT, EOT_ID, GPT, MASK_ID, ModelConfig
+import runtime
+from checkpoint import GPT2_PATH, CheckpointError, load_checkpoint, load_gpt2, load_model
+from checkpoint import objective_for
+from model import BERT, EOT_ID, MASK_ID
 
 
 def top_k_filter(logits, k):
@@ -64,52 +66,59 @@ def top_p_filter(logits, p):
     return torch.full_like(logits, float("-inf")).scatter(-1, indices, sorted_logits)
 
 
-def check_sampling(temperature, top_k, top_p):
-    if temperature < 0:
-        raise ValueError(f"--temperature must be >= 0 (0 = greedy), not {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"--top_k must be at least 1, not {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"--top_p must be in (0, 1], not {top_p}")
+@dataclass(frozen=True)
+class Sampling:
+    """How to draw the next token; checked when made, so a bad setting fails before any work."""
+    temperature: float = 1.0  # 0: always the most likely token
+    top_k: int | None = None  # keep the k most likely tokens
+    top_p: float | None = None  # keep the smallest set with probability >= p
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise runtime.ConfigError(f"--temperature must be >= 0 (0 = greedy), not "
+                                      f"{self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise runtime.ConfigError(f"--top_k must be at least 1, not {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise runtime.ConfigError(f"--top_p must be in (0, 1], not {self.top_p}")
 
 
-def next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+def next_token(logits, sampling=Sampling(), generator=None):
     """Draw one token per row from logits (B, V). Returns (B, 1)."""
     logits = logits.float().clone()
-    logits[:, MASK_ID:] = float("-inf")  # [MASK] and the padding ids are not text: never produce them
-    if temperature == 0:
+    logits[:, MASK_ID:] = float("-inf")  # [MASK] and the padding ids are not text: never drawn
+    if sampling.temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None:
-        logits = top_k_filter(logits, top_k)
-    if top_p is not None:
-        logits = top_p_filter(logits, top_p)
+    logits = logits / sampling.temperature
+    if sampling.top_k is not None:
+        logits = top_k_filter(logits, sampling.top_k)
+    if sampling.top_p is not None:
+        logits = top_p_filter(logits, sampling.top_p)
     return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
 
 
 @torch.no_grad()
-def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, use_cache=True):
+def stream(model, idx, max_new_tokens, sampling=Sampling(), generator=None, use_cache=True):
     """Generate from a GPT, yielding each new token (B, 1) as soon as it is drawn."""
-    check_sampling(temperature, top_k, top_p)
     window = model.config.block_size
     cache = None
     for _ in range(max_new_tokens):
         if use_cache and cache is not None and idx.size(1) <= window:
-            x = idx[:, -1:]  # only the newest token: the cache holds the keys and values of the rest
+            x = idx[:, -1:]  # only the newest token: the cache holds the rest's keys and values
         else:  # the first step, no cache, or a window that slid: run the whole window
             cache = [{} for _ in model.transformer.h] if use_cache else None
             x = idx[:, -window:]  # a prompt longer than the window is cropped from the left
         features = model.transformer(x, cache=cache)  # (B, len(x), C)
         logits = model.lm_head(features[:, -1, :])  # (B, V): only the last position's prediction
-        token = next_token(logits, temperature, top_k, top_p, generator)
+        token = next_token(logits, sampling, generator)
         idx = torch.cat([idx, token], dim=1)
         yield token
 
 
-def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, use_cache=True):
+def generate(model, idx, max_new_tokens, sampling=Sampling(), generator=None, use_cache=True):
     """idx (B, T) -> (B, T + max_new_tokens): the prompt followed by the generated tokens."""
-    new = stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
-    return torch.cat([idx, *new], dim=1)
+    return torch.cat([idx, *stream(model, idx, max_new_tokens, sampling, generator, use_cache)],
+                     dim=1)
 
 
 @torch.no_grad()
@@ -124,86 +133,76 @@ def fill_mask(model, ids, top_k=5):
 
 def encode_prompt(prompt):
     """Token ids of a prompt; "[MASK]" becomes MASK_ID, "<|endoftext|>" EOT_ID. GPT-2's BPE starts a
-    word with its space (" Paris" is one token), so a space before [MASK] belongs to the hidden word."""
+    word with its space (" Paris" is one token), so a space before [MASK] belongs to the hidden
+    word."""
     enc = data.tokenizer()
     pieces = re.split(r" ?\[MASK\]", prompt)
     ids = []
     for i, piece in enumerate(pieces):
-        ids += enc.encode(piece, allowed_special={"<|endoftext|>"}) + ([MASK_ID] if i < len(pieces) - 1 else [])
+        ids += enc.encode(piece, allowed_special={"<|endoftext|>"})
+        ids += [MASK_ID] if i < len(pieces) - 1 else []
     return ids
 
 
-def load_model(args, device):
-    """(model in eval mode, "gpt" or "bert", its data folder) from a checkpoint or GPT-2's weights."""
+def load(args, device):
+    """(model in eval mode, its objective, its data folder): a checkpoint's or GPT-2's."""
     if args.init_from == "gpt2":
-        return train.load_gpt2(args.gpt2_path, 1024, 0.0).to(device).eval(), "gpt", args.data_dir
-    checkpoint = train.load_checkpoint(args.ckpt)
-    kind = checkpoint["train_config"]["model"]
-    model = (GPT if kind == "gpt" else BERT)(ModelConfig(**checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval(), kind, args.data_dir or checkpoint["train_config"]["data_dir"]
+        model = load_gpt2(args.gpt2_path, 1024, 0.0)
+        return model.to(device).eval(), objective_for("gpt"), args.data_dir
+    checkpoint = load_checkpoint(args.ckpt)
+    model, objective = load_model(checkpoint)
+    data_dir = args.data_dir or checkpoint["train_config"]["data_dir"]
+    return model.to(device).eval(), objective, data_dir
 
 
-def perplexity(model, kind, what, data_dir, device, dtype):
+def perplexity(model, objective, what, data_dir, device, dtype):
+    """The exact loss over every token of a split or a text file (data.evaluate), printed."""
     if what in ("val", "test"):
         tokens = data.open_split(data_dir, what)
     else:  # a text file: its tokens
-        tokens = np.array([i for piece in data.text_pieces(Path(what)) for i in data.tokenizer().encode_ordinary(piece)],
-                          dtype=np.uint16)
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    loss, n = train.evaluate(model, tokens, kind, model.config.block_size, 16, device, autocast, progress=True)
-    name = "perplexity" if kind == "gpt" else "pseudo-perplexity (masked-LM loss, fixed masks)"
-    print(f"{what}: {len(tokens):,} tokens, {n:,} predicted; loss {loss:.4f}, {name} {math.exp(loss):.2f}")
+        enc = data.tokenizer()
+        ids = [i for piece in data.text_pieces(Path(what)) for i in enc.encode_ordinary(piece)]
+        tokens = np.array(ids, dtype=np.uint16)
+    metrics = data.evaluate(model, objective, tokens, 16, runtime.autocast(device, dtype))
+    print(f"{what}: {len(tokens):,} tokens, {metrics['tokens']:,} predicted; "
+          f"{objective.describe(metrics)}")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Sample from a GPT, fill masks with a BERT, or measure perplexity.")
-    parser.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint written by train.py")
-    parser.add_argument("--init_from", choices=("ckpt", "gpt2"), default="ckpt", help="gpt2: OpenAI's weights instead")
-    parser.add_argument("--gpt2_path", default=train.TrainConfig.gpt2_path, help="GPT-2's pytorch_model.bin")
-    parser.add_argument("--prompt", default="<|endoftext|>", help="text to continue (GPT) or with [MASK]s (BERT)")
-    parser.add_argument("--max_new_tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 = always the most likely token")
-    parser.add_argument("--top_k", type=int, default=None, help="sample among the k most likely tokens only")
-    parser.add_argument("--top_p", type=float, default=0.95, help="sample in the smallest set with probability >= p")
-    parser.add_argument("--num_samples", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--no_cache", action="store_true", help="recompute the whole prefix at every step")
-    parser.add_argument("--no_stop", action="store_true", help="go on past <|endoftext|>")
-    parser.add_argument("--eval", default=None, help="val, test or a .txt file: print the loss and perplexity")
-    parser.add_argument("--data_dir", default=None, help="for --eval val/test (default: the checkpoint's)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
-    args = parser.parse_args(argv)
-
-    device = train.pick_device(args.device)
-    dtype = train.pick_dtype("auto", device)
-    if device == "cpu":
-        train.keep_freed_memory()
-    model, kind, data_dir = load_model(args, torch.device(device))
+    args = parse_args(argv)
+    device = torch.device(runtime.pick_device(args.device))
+    dtype = runtime.pick_dtype("auto", device.type)
+    if device.type == "cpu":
+        runtime.keep_freed_memory()
+    model, objective, data_dir = load(args, device)
     if args.eval:
-        return perplexity(model, kind, args.eval, data_dir, torch.device(device), dtype)
-
+        return perplexity(model, objective, args.eval, data_dir, device, dtype)
     ids = encode_prompt(args.prompt)
     if not ids:
-        sys.exit("error: the prompt has no tokens: give some text, or <|endoftext|> to start from nothing")
-    if kind == "bert":
+        raise runtime.ConfigError("--prompt: the prompt has no tokens: give some text, or "
+                                  "<|endoftext|> to start from nothing")
+    if isinstance(model, BERT):  # a BERT fills in masks; a GPT continues the text
         return print_fill_mask(model, ids, args.top_k or 5)
     if MASK_ID in ids:
-        sys.exit("error: [MASK] in a prompt is for BERT checkpoints; this one is a GPT: give text to continue")
-    try:
-        check_sampling(args.temperature, args.top_k, args.top_p)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+        raise runtime.ConfigError("[MASK] in a prompt is for BERT checkpoints; this one is a GPT: "
+                                  "give text to continue")
+    sampling = Sampling(args.temperature, args.top_k, args.top_p)
     if len(ids) > model.config.block_size:
-        print(f"note: the prompt has {len(ids)} tokens; the model sees only the last {model.config.block_size}",
-              file=sys.stderr)
+        print(f"note: the prompt has {len(ids)} tokens; the model sees only the last "
+              f"{model.config.block_size}", file=sys.stderr)
+    print_samples(model, ids, sampling, args, device)
+
+
+def print_samples(model, ids, sampling, args, device):
+    """Stream args.num_samples continuations of the prompt, each token as soon as it is drawn."""
     generator = torch.Generator(device).manual_seed(args.seed)
     enc = data.tokenizer()
     for n in range(args.num_samples):
-        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span tokens
+        # A character may span several tokens: decode the bytes as they come.
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         print(f"--- sample {n + 1} ---\n{args.prompt}", end="", flush=True)
         idx = torch.tensor([ids], device=device)
-        for token in stream(model, idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p, generator,
+        for token in stream(model, idx, args.max_new_tokens, sampling, generator,
                             use_cache=not args.no_cache):
             if token.item() == EOT_ID and not args.no_stop:
                 break
@@ -213,16 +212,42 @@ def main(argv=None):
 
 def print_fill_mask(model, ids, top_k):
     if MASK_ID not in ids:
-        sys.exit("error: this checkpoint is a BERT: put [MASK] in the prompt where a word should be filled in")
+        raise runtime.ConfigError("this checkpoint is a BERT: put [MASK] in the prompt (--prompt) "
+                                  "where a word should be filled in")
     if len(ids) > model.config.block_size:
-        sys.exit(f"error: the prompt has {len(ids)} tokens, more than the model's block_size {model.config.block_size}")
+        raise runtime.ConfigError(f"--prompt has {len(ids)} tokens, more than the model's "
+                                  f"block_size {model.config.block_size}")
     enc = data.tokenizer()
     for n, candidates in enumerate(fill_mask(model, ids, top_k), start=1):
         print(f"[MASK] {n}: " + ", ".join(f"{enc.decode([t])!r} {p:.3f}" for t, p in candidates))
 
 
+def parse_args(argv):
+    parser = runtime.Parser(description="Sample from a GPT, fill masks with a BERT, or measure "
+                                        "perplexity.")
+    add = parser.add_argument
+    add("--ckpt", default="out/ckpt.pt", help="checkpoint written by train.py")
+    add("--init_from", choices=("ckpt", "gpt2"), default="ckpt",
+        help="gpt2: OpenAI's weights instead of --ckpt")
+    add("--gpt2_path", default=GPT2_PATH, help="GPT-2's pytorch_model.bin")
+    add("--prompt", default="<|endoftext|>", help="text to continue (GPT) or with [MASK]s (BERT)")
+    add("--max_new_tokens", type=int, default=200)
+    add("--temperature", type=float, default=0.8, help="0 = always the most likely token")
+    add("--top_k", type=int, default=None, help="sample among the k most likely tokens only")
+    add("--top_p", type=float, default=0.95, help="sample in the smallest set with probability "
+                                                  ">= p")
+    add("--num_samples", type=int, default=1)
+    add("--seed", type=int, default=1337)
+    add("--no_cache", action="store_true", help="recompute the whole prefix at every step")
+    add("--no_stop", action="store_true", help="go on past <|endoftext|>")
+    add("--eval", default=None, help="val, test or a .txt file: print the loss and perplexity")
+    add("--data_dir", default=None, help="for --eval val/test (default: the checkpoint's)")
+    add("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    return parser.parse_args(argv)
+
+
 if __name__ == "__main__":
     try:
         main()
-    except (data.DataError, train.CheckpointError) as e:
+    except (data.DataError, CheckpointError, runtime.ConfigError) as e:
         sys.exit(f"error: {e}")

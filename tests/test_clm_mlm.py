@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clm import clm_loss
+from clm import clm_loss, next_token_targets
 from mlm import mask_tokens, mlm_loss
 from model import EOT_ID, MASK_ID
 
@@ -28,7 +28,7 @@ def test_clm_loss_is_next_token_cross_entropy_written_out_by_hand():
             total -= log_probs[target].item()
             count += 1
     assert count == 18 - 3 - 1
-    assert clm_loss(logits, idx).item() == pytest.approx(total / count, rel=1e-6)
+    assert clm_loss(logits, next_token_targets(idx)).item() == pytest.approx(total / count, rel=1e-6)
 
 
 def test_clm_loss_equals_cross_entropy_on_tensors_shifted_by_hand():
@@ -38,14 +38,15 @@ def test_clm_loss_equals_cross_entropy_on_tensors_shifted_by_hand():
     idx[0, -1] = -100
     shifted_logits = torch.stack([logits[:, t] for t in range(4)], dim=1)  # positions 0..3
     shifted_targets = torch.stack([idx[:, t + 1] for t in range(4)], dim=1)  # tokens 1..4
-    expected = F.cross_entropy(shifted_logits.reshape(8, 13), shifted_targets.reshape(8), ignore_index=-100)
-    torch.testing.assert_close(clm_loss(logits, idx), expected)
+    expected = F.cross_entropy(shifted_logits.reshape(8, 13), shifted_targets.reshape(8),
+                               ignore_index=-100)
+    torch.testing.assert_close(clm_loss(logits, next_token_targets(idx)), expected)
 
 
 def test_uniform_guessing_has_perplexity_equal_to_the_vocabulary_size():
     logits = torch.zeros(2, 9, 50)
     idx = torch.randint(0, 50, (2, 9))
-    assert math.exp(clm_loss(logits, idx).item()) == pytest.approx(50, rel=1e-5)
+    assert math.exp(clm_loss(logits, next_token_targets(idx)).item()) == pytest.approx(50, rel=1e-5)
 
 
 # mask_tokens ------------------------------------------------------------------------------------

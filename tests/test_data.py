@@ -15,6 +15,8 @@ import pytest
 import torch
 
 import data
+import fetch
+from mlm import MLM
 from model import EOT_ID
 
 ARTICLES = [
@@ -29,7 +31,7 @@ def write_wikitext(folder, variant="raw", articles=ARTICLES):
     """Three small split files in WikiText's format; returns the line counts to expect."""
     folder.mkdir(parents=True, exist_ok=True)
     texts = {"train": " \n" + "".join(articles), "val": " \n" + articles[1], "test": " \n" + articles[2]}
-    for split, name in zip(data.SPLITS, data.WIKITEXT[variant]["files"]):
+    for split, name in zip(fetch.SPLITS, fetch.WIKITEXT[variant]["files"]):
         (folder / name).write_text(texts[split], encoding="utf-8")
     return texts, {"lines": {s: t.count("\n") for s, t in texts.items()}, "sha256": {}}
 
@@ -143,14 +145,18 @@ def test_training_windows_are_contiguous_slices_inside_the_file(counting):
 def test_the_same_generator_state_gives_the_same_batches(counting):
     g = torch.Generator().manual_seed(1)
     state = g.get_state()
-    first = [data.get_batch(counting, 4, 16, g) for _ in range(3)] + list(data.get_mlm_batch(counting, 4, 16, g))
+    mlm = MLM()
+    first = [data.get_batch(counting, 4, 16, g) for _ in range(3)]
+    first += mlm.train_batch(data.get_batch(counting, 4, 16, g), g)
     g.set_state(state)
-    second = [data.get_batch(counting, 4, 16, g) for _ in range(3)] + list(data.get_mlm_batch(counting, 4, 16, g))
+    second = [data.get_batch(counting, 4, 16, g) for _ in range(3)]
+    second += mlm.train_batch(data.get_batch(counting, 4, 16, g), g)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
 def test_mlm_batches_are_masked_training_windows(counting):
-    inputs, labels = data.get_mlm_batch(counting, 8, 64, torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    inputs, labels = MLM().train_batch(data.get_batch(counting, 8, 64, g), g)
     chosen = labels != -100
     assert inputs.shape == labels.shape == (8, 64)
     assert torch.all(chosen.sum(1) == round(64 * 0.15))
@@ -207,7 +213,7 @@ def wikitext_zip(tmp_path):
     texts, expected = write_wikitext(tmp_path / "made")
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
-        for name in data.WIKITEXT["raw"]["files"]:
+        for name in fetch.WIKITEXT["raw"]["files"]:
             z.write(tmp_path / "made" / name, f"wikitext-2-raw/{name}")
     return buffer.getvalue(), expected
 
@@ -240,7 +246,7 @@ def test_a_zip_cut_short_leaves_nothing_half_written(tmp_path, server, how):
     half = body[: len(body) // 2]
     files["/wikitext-2-raw-v1.zip"] = (half, len(half) if how == "truncated file" else len(body))
     with pytest.raises(data.DataError, match="could not be downloaded .*(damaged|got .* bytes|IncompleteRead)"):
-        data.fetch_wikitext(tmp_path / "d", mirrors=(url,), expected=expected)
+        fetch.wikitext(tmp_path / "d", mirrors=(url,), expected=expected)
     assert leftovers(tmp_path / "d") == []  # no split, no .part, and not the damaged zip either
 
 
@@ -253,9 +259,10 @@ def test_split_files_with_the_wrong_line_count_are_refused(tmp_path):
 
 def test_a_published_file_with_the_wrong_checksum_is_refused(tmp_path):
     write_wikitext(tmp_path, variant="v1")
-    counts = {s: (tmp_path / n).read_text().count("\n") for s, n in zip(data.SPLITS, data.WIKITEXT["v1"]["files"])}
+    counts = {s: (tmp_path / n).read_text().count("\n")
+              for s, n in zip(fetch.SPLITS, fetch.WIKITEXT["v1"]["files"])}
     with pytest.raises(data.DataError, match="wiki.train.tokens is not the published file"):
-        data.fetch_wikitext(tmp_path, expected={"lines": counts, "sha256": data.SHA256})
+        fetch.wikitext(tmp_path, expected={"lines": counts, "sha256": fetch.SHA256})
 
 
 def test_offline_with_no_data_exits_with_one_clear_line(tmp_path):

@@ -18,7 +18,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 import data
 import train
-from model import BERT, GPT, ModelConfig, param_groups
+from adamw import AdamW
+from checkpoint import load_checkpoint, objective_for
+from model import ModelConfig, param_groups
 
 REPO = Path(__file__).parents[1]
 CONFIG = dict(vocab_size=50304, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
@@ -36,11 +38,12 @@ def evaluation_split():
 
 def run_steps(model, kind):
     """STEPS optimizer steps; then (parameters, (eval loss, predicted tokens))."""
+    objective = objective_for(kind)
     raw = model.module if isinstance(model, DistributedDataParallel) else model
     # A modest lr: the attention's key bias has a true gradient of exactly 0 (it adds the same amount
     # to every score of a query, and softmax ignores that), so its gradient is float noise, which Adam
     # turns into steps of about lr * |noise| / eps that differ between any two ways of summing.
-    optimizer = train.AdamW(param_groups(raw, 0.1), lr=1e-3)
+    optimizer = AdamW(param_groups(raw, 0.1), lr=1e-3)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     off = torch.autocast("cpu", enabled=False)
@@ -48,19 +51,19 @@ def run_steps(model, kind):
         everything = micro_batches(step)
         share = len(everything) // world
         batches = everything[rank * share : (rank + 1) * share]
-        if kind == "bert":  # the same masks whoever computes them
-            batches = [train.mask_tokens(b, torch.Generator().manual_seed(100 * step + rank * share + i))
-                       for i, b in enumerate(batches)]
-        train.train_step(model, optimizer, scaler, batches, train.gpt_loss if kind == "gpt" else train.bert_loss, 1.0, off)
-    evaluation = train.evaluate(raw, evaluation_split(), kind, 16, 3, torch.device("cpu"), off)
-    return [p.detach().clone() for p in raw.parameters()], evaluation
+        # the same batches (and BERT's masks) whoever computes them
+        batches = [objective.train_batch(b, torch.Generator().manual_seed(100 * step + rank * share + i))
+                   for i, b in enumerate(batches)]
+        train.train_step(train.Run(model, optimizer, scaler, objective, None), batches, 1.0, off)
+    metrics = data.evaluate(raw, objective, evaluation_split(), 3, off)
+    return [p.detach().clone() for p in raw.parameters()], (metrics["loss"], metrics["tokens"])
 
 
 def worker(rank, port, out, kind):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         torch.manual_seed(0)
-        model = (GPT if kind == "gpt" else BERT)(ModelConfig(**CONFIG))
+        model = objective_for(kind).Model(ModelConfig(**CONFIG))
         params, evaluation = run_steps(DistributedDataParallel(model), kind)
         torch.save({"params": params, "evaluation": evaluation}, f"{out}/rank{rank}.pt")
     finally:
@@ -77,9 +80,9 @@ def free_port():
 def test_two_processes_equal_one_process_with_twice_the_accumulation(tmp_path, kind):
     mp.spawn(worker, args=(free_port(), str(tmp_path), kind), nprocs=2)
     torch.manual_seed(0)
-    single_params, single_evaluation = run_steps((GPT if kind == "gpt" else BERT)(ModelConfig(**CONFIG)), kind)
+    single_params, single_evaluation = run_steps(objective_for(kind).Model(ModelConfig(**CONFIG)), kind)
     torch.manual_seed(0)
-    initial = [p.detach() for p in (GPT if kind == "gpt" else BERT)(ModelConfig(**CONFIG)).parameters()]
+    initial = [p.detach() for p in objective_for(kind).Model(ModelConfig(**CONFIG)).parameters()]
     assert max((p - q).abs().max() for p, q in zip(single_params, initial)) > 2e-3  # training moved them
     for rank in (0, 1):
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
@@ -118,7 +121,7 @@ def test_torchrun_writes_from_rank_0_only_and_resumes_exactly(corpus, tmp_path):
         assert sorted(p.name for p in (tmp_path / d).iterdir()) == ["ckpt.pt", "log.jsonl", "loss.svg"]
         records = [json.loads(line) for line in (tmp_path / d / "log.jsonl").read_text().splitlines()]
         assert [r["step"] for r in records] == [1, 2, 3, 4]  # one writer: no line twice
-    checkpoints = [train.load_checkpoint(tmp_path / d / "ckpt.pt") for d in ("straight", "halves")]
+    checkpoints = [load_checkpoint(tmp_path / d / "ckpt.pt") for d in ("straight", "halves")]
     assert len(checkpoints[1]["rng"]) == 2  # every process's RNG state, to give each its own back
     assert not torch.equal(checkpoints[1]["rng"][0]["data"], checkpoints[1]["rng"][1]["data"])
     for k, v in checkpoints[0]["model"].items():

@@ -271,13 +271,13 @@ def test_from_gpt2_refuses_missing_or_unexpected_tensors():
 # 9. Forward, loss and backward fit together: each model memorises one batch ----------------------
 
 def test_gpt_overfits_one_batch():
-    from clm import clm_loss
+    from clm import clm_loss, next_token_targets
     torch.manual_seed(0)
     gpt = GPT(tiny(vocab_size=64))
     idx = random_ids(4, 16, high=64)
     opt = torch.optim.AdamW(gpt.parameters(), lr=3e-3)
     for _ in range(150):
-        loss = clm_loss(gpt(idx), idx)
+        loss = clm_loss(gpt(idx), next_token_targets(idx))
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import data
+import runtime
 import sample
 import train
 from mlm import mask_tokens, mlm_loss
@@ -23,7 +24,7 @@ REPO = Path(__file__).parents[1]
 
 def frequencies(logits, n=40000, **kwargs):
     """Empirical distribution of next_token over n draws from one row of logits."""
-    draws = sample.next_token(logits.expand(n, -1), generator=torch.Generator().manual_seed(0), **kwargs)
+    draws = sample.next_token(logits.expand(n, -1), sample.Sampling(**kwargs), torch.Generator().manual_seed(0))
     return torch.bincount(draws.flatten(), minlength=logits.size(-1)).double() / n
 
 
@@ -62,7 +63,7 @@ def test_top_p_always_keeps_the_most_likely_token():
 
 def test_temperature_zero_is_argmax_and_temperature_two_flattens():
     logits = torch.randn(64, 30, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(sample.next_token(logits, temperature=0)[:, 0], logits.argmax(-1))
+    assert torch.equal(sample.next_token(logits, sample.Sampling(temperature=0))[:, 0], logits.argmax(-1))
     row = torch.tensor([[0.0, 1.0, 2.0]])
     by_hand = torch.tensor([1.0, math.e ** 0.5, math.e], dtype=torch.float64)
     torch.testing.assert_close(frequencies(row, temperature=2.0), by_hand / by_hand.sum(), atol=0.01, rtol=0)
@@ -71,7 +72,7 @@ def test_temperature_zero_is_argmax_and_temperature_two_flattens():
 def test_bad_sampling_settings_are_refused():
     for kwargs in ({"top_p": 0.0}, {"top_p": 1.5}, {"top_k": 0}, {"temperature": -1}):
         with pytest.raises(ValueError):
-            sample.check_sampling(**{"temperature": 1.0, "top_k": None, "top_p": None, **kwargs})
+            sample.Sampling(**{"temperature": 1.0, "top_k": None, "top_p": None, **kwargs})
 
 
 # 4. Padded-vocabulary ids ------------------------------------------------------------------------
@@ -80,7 +81,7 @@ def test_bad_sampling_settings_are_refused():
 def test_padded_vocabulary_ids_never_come_out_even_when_largest(kwargs):
     logits = torch.randn(200, 50304, generator=torch.Generator().manual_seed(1))
     logits[:, MASK_ID:] += 100.0  # [MASK] and padding win by far
-    tokens = sample.next_token(logits, generator=torch.Generator().manual_seed(2), **kwargs)
+    tokens = sample.next_token(logits, sample.Sampling(**kwargs), torch.Generator().manual_seed(2))
     assert tokens.max() < MASK_ID
 
 
@@ -100,15 +101,16 @@ def tiny_gpt():
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_cached_generation_equals_uncached_generation(tiny_gpt, new, temperature):
     prompt = torch.randint(0, 200, (3, 5), generator=torch.Generator().manual_seed(3))
-    outputs = [sample.generate(tiny_gpt, prompt, new, temperature=temperature, top_k=50,
-                               generator=torch.Generator().manual_seed(4), use_cache=cache) for cache in (True, False)]
+    sampling = sample.Sampling(temperature=temperature, top_k=50)
+    outputs = [sample.generate(tiny_gpt, prompt, new, sampling, torch.Generator().manual_seed(4),
+                               use_cache=cache) for cache in (True, False)]
     assert outputs[0].shape == (3, 5 + new)
     assert torch.equal(outputs[0], outputs[1])
 
 
 def test_uncached_generation_runs_the_model_on_the_last_block_size_tokens(tiny_gpt):
     prompt = torch.randint(0, 200, (1, 30), generator=torch.Generator().manual_seed(5))  # longer than the window
-    out = sample.generate(tiny_gpt, prompt, 3, temperature=0, use_cache=False)
+    out = sample.generate(tiny_gpt, prompt, 3, sample.Sampling(temperature=0), use_cache=False)
     context = out[:, :30]
     for i in range(3):  # each new token is the argmax after the last 16 tokens before it
         logits = tiny_gpt(context[:, -16:])[:, -1]
@@ -159,7 +161,7 @@ def test_perplexity_of_a_text_is_the_exact_mean_next_token_loss(checkpoints, cap
     (checkpoints / "eval.txt").write_text(text * 3, encoding="utf-8")
     sample.main(["--ckpt", str(checkpoints / "gpt/ckpt.pt"), "--eval", str(checkpoints / "eval.txt"), "--device", "cpu"])
     printed = capsys.readouterr().out
-    model, _, _ = sample.load_model(argparse.Namespace(
+    model, _, _ = sample.load(argparse.Namespace(
         init_from="ckpt", ckpt=str(checkpoints / "gpt/ckpt.pt"), data_dir=None), torch.device("cpu"))
     ids = torch.tensor(data.tokenizer().encode_ordinary(text * 3))  # 30 tokens: two windows of 16
     losses = []  # window 0 scores tokens 1..15, window 1 (from token 15) the rest: each token once
@@ -182,9 +184,9 @@ def test_perplexity_of_a_text_is_the_exact_mean_next_token_loss(checkpoints, cap
     ("gpt", ["--top_k", "0"], "--top_k must be at least 1"),
 ])
 def test_bad_input_gets_one_clear_line(checkpoints, ckpt, flags, message):
-    with pytest.raises(SystemExit) as exit_:
+    with pytest.raises(runtime.ConfigError) as error:
         sample.main(["--ckpt", str(checkpoints / ckpt / "ckpt.pt"), "--device", "cpu", *flags])
-    assert str(exit_.value).startswith("error: ") and message in str(exit_.value)
+    assert message in str(error.value) and "\n" not in str(error.value)
 
 
 def test_a_missing_or_corrupt_checkpoint_gets_one_clear_line(checkpoints, tmp_path):

@@ -18,7 +18,11 @@ import pytest
 import torch
 
 import data
+import runtime
 import train
+from adamw import AdamW
+from checkpoint import CheckpointError, load_checkpoint
+from clm import CLM, clm_loss, next_token_targets
 from model import GPT, ModelConfig, param_groups
 
 REPO = Path(__file__).parents[1]
@@ -65,24 +69,29 @@ def test_hand_adamw_matches_torch_adamw_with_two_groups():
     ours_m, ours_v = two_groups()
     ref_m, ref_v = two_groups()
     settings = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
-    ours = train.AdamW([{"params": ours_m, "weight_decay": 0.1}, {"params": ours_v, "weight_decay": 0.0}], **settings)
-    ref = torch.optim.AdamW([{"params": ref_m, "weight_decay": 0.1}, {"params": ref_v, "weight_decay": 0.0}], **settings)
+    ours = AdamW([{"params": ours_m, "weight_decay": 0.1},
+                  {"params": ours_v, "weight_decay": 0.0}], **settings)
+    ref = torch.optim.AdamW([{"params": ref_m, "weight_decay": 0.1},
+                             {"params": ref_v, "weight_decay": 0.0}], **settings)
     for step in range(100):
         for opt, params in ((ours, ours_m + ours_v), (ref, ref_m + ref_v)):
             feed_gradients(params, step)
             for p in params[1:] if step % 3 == 1 else []:  # some steps without a gradient for a matrix and
                 p.grad = None  # the whole second group: those stay put and keep their own step counts
-            opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = 1e-2 * (1 + math.cos(step / 30))  # a schedule
+            lr = 1e-2 * (1 + math.cos(step / 30))  # a schedule
+            opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = lr
             opt.step()
-    moved = max((p - q).abs().max().item() for p, q in zip(ref_m + ref_v, two_groups()[0] + two_groups()[1]))
+    initial = two_groups()[0] + two_groups()[1]
+    moved = max((p - q).abs().max().item() for p, q in zip(ref_m + ref_v, initial))
     assert moved > 0.1  # the parameters really travelled...
-    assert max((p - q).abs().max().item() for p, q in zip(ours_m + ours_v, ref_m + ref_v)) < 1e-6  # ...together
+    apart = max((p - q).abs().max().item() for p, q in zip(ours_m + ours_v, ref_m + ref_v))
+    assert apart < 1e-6  # ...together
 
 
 def test_adamw_state_dict_round_trip_continues_identically():
     params = [torch.nn.Parameter(p.detach().clone()) for p in sum(two_groups(), [])]
-    opt = train.AdamW([{"params": params[:2], "weight_decay": 0.1}, {"params": params[2:], "weight_decay": 0.0}],
-                      lr=1e-2)
+    opt = AdamW([{"params": params[:2], "weight_decay": 0.1},
+                 {"params": params[2:], "weight_decay": 0.0}], lr=1e-2)
     for step in range(10):
         feed_gradients(params, step)
         opt.step()
@@ -91,8 +100,8 @@ def test_adamw_state_dict_round_trip_continues_identically():
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
     copies = [torch.nn.Parameter(p.clone()) for p in saved["params"]]
-    restored = train.AdamW([{"params": copies[:2], "weight_decay": 0.1}, {"params": copies[2:], "weight_decay": 0.0}],
-                           lr=1e-2)
+    restored = AdamW([{"params": copies[:2], "weight_decay": 0.1},
+                      {"params": copies[2:], "weight_decay": 0.0}], lr=1e-2)
     restored.load_state_dict(saved["opt"])
     for step in range(10, 20):
         for o, ps in ((opt, params), (restored, copies)):
@@ -121,7 +130,7 @@ def test_schedule_values_computed_by_hand(decay):
 
 # 3. Gradient accumulation -----------------------------------------------------------------------
 
-class GradientRecorder(train.AdamW):
+class GradientRecorder(AdamW):
     """An optimizer that records the gradients it is asked to apply."""
 
     def step(self):
@@ -136,7 +145,9 @@ def test_accumulated_gradients_equal_one_big_batch():
     for k in (1, 3, 4):
         opt = GradientRecorder(param_groups(model, 0.1))
         scaler = torch.amp.GradScaler("cpu", enabled=False)
-        loss, norm, _ = train.train_step(model, opt, scaler, list(batch.chunk(k)), train.gpt_loss, 0, torch.autocast("cpu", enabled=False))
+        micro_batches = [CLM().train_batch(chunk) for chunk in batch.chunk(k)]
+        run = train.Run(model, opt, scaler, CLM(), torch.Generator())
+        loss, norm, _ = train.train_step(run, micro_batches, 0, torch.autocast("cpu", enabled=False))
         results[k] = (loss, norm, opt.seen)
     for k in (3, 4):
         assert results[k][0] == pytest.approx(results[1][0], rel=1e-6)  # logged loss: the mean, not the last
@@ -152,8 +163,9 @@ def test_clipping_caps_the_global_norm_and_reports_the_norm_before():
     norms = {}
     for clip in (0, 0.1):
         opt = GradientRecorder(param_groups(model, 0.1))
-        _, norms[clip], _ = train.train_step(model, opt, torch.amp.GradScaler("cpu", enabled=False), [idx],
-                                             train.gpt_loss, clip, torch.autocast("cpu", enabled=False))
+        run = train.Run(model, opt, torch.amp.GradScaler("cpu", enabled=False), CLM(), torch.Generator())
+        _, norms[clip], _ = train.train_step(run, [CLM().train_batch(idx)], clip,
+                                             torch.autocast("cpu", enabled=False))
         applied = torch.sqrt(sum(g.square().sum() for g in opt.seen)).item()
         assert applied == pytest.approx(norms[clip] if clip == 0 else 0.1, rel=1e-4)
     assert norms[0.1] == pytest.approx(norms[0], rel=1e-6) and norms[0] > 0.5  # logged: the norm before clipping
@@ -194,12 +206,12 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(corpus, tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    saved = train.load_checkpoint(out / "ckpt.pt")  # loads cleanly
+    saved = load_checkpoint(out / "ckpt.pt")  # loads cleanly
     assert saved["step"] >= 3 and saved["step"] % 3 == 0
     resumed = subprocess.run(cmd + ["--init_from", "resume", "--stop_at", str(saved["step"] + 2)], cwd=REPO,
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert train.load_checkpoint(out / "ckpt.pt")["step"] == saved["step"] + 2
+    assert load_checkpoint(out / "ckpt.pt")["step"] == saved["step"] + 2
     assert [r["step"] for r in log(out)] == list(range(1, saved["step"] + 3))  # no step lost or doubled
 
 
@@ -210,14 +222,14 @@ def test_training_continues_from_gpt2_weights(corpus, tmp_path):
     flags = ["--data_dir", corpus, "--init_from", "gpt2", "--gpt2_path", str(tmp_path / "pytorch_model.bin"),
              "--block_size", "32", "--batch_size", "4", "--device", "cpu", "--dtype", "float32", "--max_steps", "2"]
     train.main(flags + ["--out_dir", str(tmp_path / "out"), "--lr", "1e-5"])
-    saved = train.load_checkpoint(tmp_path / "out/ckpt.pt")
+    saved = load_checkpoint(tmp_path / "out/ckpt.pt")
     assert {k: saved["model_config"][k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")} == \
         {"vocab_size": 50257, "block_size": 32, "n_layer": 1, "n_head": 1, "n_embd": 64}
     for ours, theirs in (("transformer.wte.weight", "wte.weight"), ("transformer.h.0.mlp.c_fc.weight", "h.0.mlp.c_fc.weight")):
         expected = weights[theirs].T if "c_fc" in theirs else weights[theirs]
         torch.testing.assert_close(saved["model"][ours], expected, atol=1e-4, rtol=0)  # two tiny steps away
     torch.testing.assert_close(saved["model"]["transformer.wpe.weight"], weights["wpe.weight"][:32], atol=1e-4, rtol=0)
-    with pytest.raises(train.CheckpointError, match="architecture from GPT-2"):
+    with pytest.raises(runtime.ConfigError, match="architecture from GPT-2"):
         train.main(flags + ["--out_dir", str(tmp_path / "other"), "--n_layer", "2"])
 
 
@@ -238,12 +250,12 @@ class InfGradient(torch.autograd.Function):
 def test_float16_skips_and_counts_an_overflowing_step(corpus, tmp_path, monkeypatch):
     calls = []
 
-    def overflow_on_third_step(model, idx):
+    def overflow_on_third_step(self, model, inputs, targets):
         calls.append(1)
-        loss = train.clm_loss(model(idx), idx)
+        loss = clm_loss(model(inputs), targets)
         return InfGradient.apply(loss) if len(calls) == 3 else loss
 
-    monkeypatch.setattr(train, "gpt_loss", overflow_on_third_step)
+    monkeypatch.setattr(CLM, "loss", overflow_on_third_step)
     run(corpus, tmp_path, "--dtype", "float16", "--max_steps", "5")
     records = log(tmp_path)
     assert [r["skipped_steps"] for r in records] == [0, 0, 1, 1, 1]
@@ -255,16 +267,22 @@ def test_float16_skips_and_counts_an_overflowing_step(corpus, tmp_path, monkeypa
 def test_a_skipped_step_leaves_the_parameters_alone():
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=256, block_size=8, n_layer=1, n_head=2, n_embd=16))
-    opt = train.AdamW(param_groups(model, 0.1), lr=1e-2)
+    opt = AdamW(param_groups(model, 0.1), lr=1e-2)
     scaler = torch.amp.GradScaler("cpu", enabled=True)
     before = [p.detach().clone() for p in model.parameters()]
-    idx = torch.randint(0, 256, (2, 8))
-    _, norm, skipped = train.train_step(model, opt, scaler, [idx], lambda m, x: InfGradient.apply(train.gpt_loss(m, x)),
-                                        1.0, torch.autocast("cpu", dtype=torch.float16))
+    batch = CLM().train_batch(torch.randint(0, 256, (2, 8)))
+    fp16 = torch.autocast("cpu", dtype=torch.float16)
+
+    class Overflowing(CLM):
+        def loss(self, model, inputs, targets):
+            return InfGradient.apply(super().loss(model, inputs, targets))
+
+    run = train.Run(model, opt, scaler, Overflowing(), torch.Generator())
+    _, norm, skipped = train.train_step(run, [batch], 1.0, fp16)
     assert skipped and not math.isfinite(norm)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
-    _, _, skipped = train.train_step(model, opt, scaler, [idx], train.gpt_loss, 1.0,
-                                     torch.autocast("cpu", dtype=torch.float16))
+    run.objective = CLM()
+    _, _, skipped = train.train_step(run, [batch], 1.0, fp16)
     assert not skipped and not all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
 
 
@@ -279,7 +297,7 @@ def test_bfloat16_autocast_trains_on_cpu(corpus, tmp_path):
 
 def test_resume_with_another_architecture_lists_the_difference(corpus, tmp_path):
     run(corpus, tmp_path, "--max_steps", "2")
-    with pytest.raises(train.CheckpointError, match=r"--n_layer 3 \(checkpoint: 2\)"):
+    with pytest.raises(CheckpointError, match=r"--n_layer 3 \(checkpoint: 2\)"):
         run(corpus, tmp_path, "--init_from", "resume", "--n_layer", "3", "--max_steps", "4")
 
 
@@ -294,24 +312,24 @@ def test_a_truncated_checkpoint_gets_one_clear_line(corpus, tmp_path):
 
 
 def test_a_missing_checkpoint_and_an_occupied_out_dir_are_refused(corpus, tmp_path):
-    with pytest.raises(train.CheckpointError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         run(corpus, tmp_path / "nothing", "--init_from", "resume")
     run(corpus, tmp_path, "--max_steps", "1")
-    with pytest.raises(train.CheckpointError, match="exists: continue it with --init_from resume"):
+    with pytest.raises(CheckpointError, match="exists: continue it with --init_from resume"):
         run(corpus, tmp_path, "--max_steps", "1")
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
     calls = []
 
-    def nan_on_fifth_step(model, idx):
+    def nan_on_fifth_step(self, model, inputs, targets):
         calls.append(1)
-        return train.clm_loss(model(idx), idx) * (float("nan") if len(calls) == 5 else 1.0)
+        return clm_loss(model(inputs), targets) * (float("nan") if len(calls) == 5 else 1.0)
 
-    monkeypatch.setattr(train, "gpt_loss", nan_on_fifth_step)
+    monkeypatch.setattr(CLM, "loss", nan_on_fifth_step)
     with pytest.raises(FloatingPointError, match=r"at step 5.*Last good checkpoint: .*ckpt.pt \(step 4\)"):
         run(corpus, tmp_path, "--max_steps", "10", "--ckpt_interval", "2")
-    assert train.load_checkpoint(tmp_path / "ckpt.pt")["step"] == 4
+    assert load_checkpoint(tmp_path / "ckpt.pt")["step"] == 4
 
 
 # 7. The command line, end to end ----------------------------------------------------------------
@@ -333,7 +351,7 @@ def test_a_short_run_from_the_command_line(corpus, tmp_path, kind):
     assert last < first - 1.0  # the loss falls
     assert records[14]["val_loss"] > records[29]["val_loss"]
     assert ET.parse(tmp_path / "loss.svg").getroot().tag == "{http://www.w3.org/2000/svg}svg"
-    assert train.load_checkpoint(tmp_path / "ckpt.pt")["train_config"]["model"] == kind
+    assert load_checkpoint(tmp_path / "ckpt.pt")["train_config"]["model"] == kind
 
 
 def test_every_setting_has_a_help_text(capsys, monkeypatch):
@@ -343,7 +361,6 @@ def test_every_setting_has_a_help_text(capsys, monkeypatch):
     shown = capsys.readouterr().out
     assert exit.value.code == 0
     for cls in (ModelConfig, train.TrainConfig):
-        comments = train.field_comments(cls)
-        assert {f.name for f in fields(cls)} <= set(comments), cls.__name__
-        for name, comment in comments.items():  # each shown as written (a "%" too, which argparse formats)
-            assert comment in shown, name
+        for f in fields(cls):  # each shown as written (a "%" too, which argparse formats)
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
+            assert f.metadata["help"] in shown, f.name

@@ -20,8 +20,8 @@ def test_keeps_the_tokens_at_least_min_p_times_as_likely_as_the_top_one(min_p, k
 
 
 def test_next_token_samples_from_the_renormalised_set():
-    from sample import next_token
+    from sample import Sampling, next_token
     logits = PROBS.log()[None].expand(40000, -1)
-    draws = next_token(logits, min_p=0.5, generator=torch.Generator().manual_seed(0))
+    draws = next_token(logits, Sampling(min_p=0.5), torch.Generator().manual_seed(0))
     freq = torch.bincount(draws.flatten(), minlength=4).double() / 40000
     torch.testing.assert_close(freq, torch.tensor([0.625, 0.375, 0.0, 0.0], dtype=torch.float64), atol=0.01, rtol=0)

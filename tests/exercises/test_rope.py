@@ -43,5 +43,6 @@ def test_still_causal_and_the_cache_still_agrees():
     changed[:, 9:] = (changed[:, 9:] + 1) % 300
     torch.testing.assert_close(gpt(changed)[:, :9], gpt(idx)[:, :9])
     prompt = idx[:, :4]
-    cached, plain = (sample.generate(gpt, prompt, 10, temperature=0, use_cache=c) for c in (True, False))
+    greedy = sample.Sampling(temperature=0)
+    cached, plain = (sample.generate(gpt, prompt, 10, greedy, use_cache=c) for c in (True, False))
     assert torch.equal(cached, plain)

@@ -1,0 +1,127 @@
+"""
+runtime.py: where a program runs. Not a lesson: plumbing train.py, sample.py and bench.py share.
+
+  * the device (`pick_device`) and the number format (`pick_dtype`), checked against the machine;
+  * the processes of a data-parallel run (`rank_and_world`, `is_main`, `say`);
+  * moving batches to the device, and unwrapping a model from DDP and torch.compile;
+  * a C-allocator setting that makes CPU training faster on Linux (`keep_freed_memory`);
+  * an argparse parser whose errors are one line (`Parser`).
+
+Read next: train.py.
+"""
+
+import argparse
+import contextlib
+import ctypes
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+
+class ConfigError(ValueError):
+    """A setting the user must change; the message names the flag and what to do."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake on the command line is one line naming the flag, no usage block."""
+
+    def error(self, message):
+        raise ConfigError(f"{message} (see: python {self.prog} --help)")
+
+
+def pick_device(name):
+    """"auto": cuda, then mps, then cpu. A device asked for by name must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA GPU is visible to torch here; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps: no Apple GPU is available here; use --device cpu")
+    return name
+
+
+def pick_dtype(name, device):
+    """For "auto" on `device` (cpu, cuda or mps): bfloat16 on GPUs that support it (float32's
+    range, so no loss scaling is needed), float16 on older GPUs (with the GradScaler), float32 on
+    CPUs and Apple GPUs."""
+    if name == "auto":
+        if device != "cuda":
+            name = "float32"
+        else:
+            name = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return getattr(torch, name)
+
+
+def autocast(device, dtype):
+    """Mixed precision: matmuls in `dtype`, the numerically touchy operations in float32."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+@contextlib.contextmanager
+def processes(device):
+    """Join torchrun's processes (it sets RANK and the others) for the length of a run, and yield
+    this process's torch.device: NCCL between GPUs (one each), gloo between CPU processes."""
+    if "RANK" not in os.environ:  # a plain `python train.py`: one process
+        yield torch.device(device)
+        return
+    dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    if device == "cuda":
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+        torch.cuda.set_device(device)
+    try:
+        yield torch.device(device)
+    finally:  # also on errors and Ctrl-C, so that no process waits forever for the others
+        dist.destroy_process_group()
+
+
+def rank_and_world():
+    """(this process's number, the number of processes); (0, 1) without torchrun."""
+    if not dist.is_initialized():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def is_main():
+    """Only the first process (rank 0) prints, logs and saves."""
+    return rank_and_world()[0] == 0
+
+
+def say(text):
+    if is_main():
+        tqdm.write(text)  # above the progress bar, not through it
+
+
+def to_device(x, device):
+    """A CPU batch on the device; on CUDA through pinned memory, so the copy runs asynchronously."""
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
+def unwrap(model):
+    """The model itself, under DistributedDataParallel's wrapper and torch.compile's."""
+    model = model.module if isinstance(model, DistributedDataParallel) else model
+    return getattr(model, "_orig_mod", model)
+
+
+def keep_freed_memory():
+    """CPU speed-up on Linux: let the C allocator keep freed memory for reuse.
+
+    glibc's malloc gives each large block fresh pages from the kernel (mmap) and hands them back
+    when the block is freed. A training step allocates and frees hundreds of MB of logits and
+    gradients, so the kernel zeroes new pages over and over. Serving large blocks from the heap,
+    and never trimming it, avoids that (README, design notes). Memory use stays at its peak."""
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # another C library (musl, ...): leave it as it is
+        return
+    libc.mallopt(-4, 0)  # M_MMAP_MAX = 0: no block gets a mapping of its own
+    libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD: never give the heap's free top back to the OS
