@@ -36,19 +36,21 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from model import BERT, EOT_ID, IGNORE, MASK_ID
+from model import BERT, EOT_ID, IGNORE
 
 EVAL_MASK_PROB = 0.15  # evaluation always hides 15%, whatever the training rate, so runs compare
 EVAL_MASK_SEED = 1234  # ...and the same tokens at every evaluation
 
 
-def mask_tokens(idx, generator=None, mask_prob=0.15, mask_frac=0.8, random_frac=0.1):
+def mask_tokens(idx, generator=None, mask_prob=0.15, mask_frac=0.8, random_frac=0.1,
+                eot_id=EOT_ID):
     """BERT's corruption of a batch. idx (B, T) int64 on the CPU (where `generator` draws).
 
     Returns (inputs, targets), both (B, T): inputs with the chosen positions replaced (80% [MASK],
     10% random, 10% kept), targets holding the original id at chosen positions and IGNORE
-    elsewhere. idx itself is not modified; the same generator state gives the same result."""
-    eligible = idx < EOT_ID  # ordinary tokens only: ids 0..50255
+    elsewhere. idx itself is not modified; the same generator state gives the same result.
+    eot_id: <|endoftext|>; the ids below it are the ordinary tokens, [MASK] is eot_id + 1."""
+    eligible = idx < eot_id  # ordinary tokens only (GPT-2's: ids 0..50255)
     # Exactly k positions per row: give every eligible position a random score, take the k lowest.
     k = (eligible.sum(dim=1) * mask_prob).round().clamp(min=1)  # (B,)
     scores = torch.rand(idx.shape, generator=generator)
@@ -61,8 +63,8 @@ def mask_tokens(idx, generator=None, mask_prob=0.15, mask_frac=0.8, random_frac=
     u = torch.rand(idx.shape, generator=generator)  # one uniform number decides each chosen fate
     to_mask = chosen & (u < mask_frac)
     to_random = chosen & (u >= mask_frac) & (u < mask_frac + random_frac)
-    inputs[to_mask] = MASK_ID
-    random_ids = torch.randint(0, EOT_ID, idx.shape, generator=generator)  # uniform, ordinary ids
+    inputs[to_mask] = eot_id + 1  # [MASK]
+    random_ids = torch.randint(0, eot_id, idx.shape, generator=generator)  # uniform, ordinary ids
     inputs[to_random] = random_ids[to_random]
     return inputs, targets
 
@@ -83,7 +85,12 @@ class MLM:
     counts."""
 
     mask_prob: float = 0.15  # share of the ordinary tokens chosen in training
+    eot_id: int = EOT_ID  # <|endoftext|>: the ordinary tokens are the ids below it
     Model = BERT  # the model this objective trains (a class attribute, not a field)
+    # What a BERT run starts from unless a flag says otherwise: rotary positions, so that the
+    # model knows from the first step which token is its neighbour, and BERT's own LayerNorm on
+    # the embeddings (README, "A BERT that learns").
+    defaults = {"position": "rope", "embedding_layernorm": True}
     eval_overlap = 0  # evaluation blocks do not overlap: every token is in exactly one
 
     @property
@@ -91,13 +98,14 @@ class MLM:
         return self.mask_prob  # the sparse head scores only the chosen positions
 
     def train_batch(self, tokens, generator):
-        return mask_tokens(tokens, generator, self.mask_prob)
+        return mask_tokens(tokens, generator, self.mask_prob, eot_id=self.eot_id)
 
     def eval_batch(self, tokens, starts):
         """Each block's masks seeded by where it starts in the split: the same hidden tokens at
         every evaluation, whatever the batch size or the number of processes."""
         rows = [mask_tokens(row[None], torch.Generator().manual_seed(EVAL_MASK_SEED + start),
-                            EVAL_MASK_PROB) for row, start in zip(tokens, starts)]
+                            EVAL_MASK_PROB, eot_id=self.eot_id)
+                for row, start in zip(tokens, starts)]
         return tuple(torch.cat(parts) for parts in zip(*rows))  # (inputs, targets), each (B, T)
 
     def loss(self, model, inputs, targets):
@@ -110,7 +118,7 @@ class MLM:
         chosen = targets != IGNORE
         logits = model(inputs, positions=chosen).float()  # (N, V)
         losses = F.cross_entropy(logits, targets[chosen], reduction="none")  # (N,)
-        at_mask = inputs[chosen] == MASK_ID
+        at_mask = inputs[chosen] == self.eot_id + 1  # [MASK]
         return {"loss": (losses.sum(), chosen.sum()),
                 "mask_loss": (losses[at_mask].sum(), at_mask.sum())}
 

@@ -11,6 +11,10 @@ What this file teaches
       3. the objective: clm.py for GPT, mlm.py for BERT.
   * Attention twice: the fused `F.scaled_dot_product_attention`, and an explicit version you can
     read (QK^T / sqrt(d), mask, softmax, dropout, times V). tests/test_model.py proves they agree.
+  * Two ways to tell the model where a token is: a learned table of position vectors added to the
+    token embeddings (GPT-2's), or rotary embeddings (RoPE, `apply_rope`), which rotate queries
+    and keys so that attention scores depend on the distance between tokens. BERT needs the
+    second to learn within a lesson (README, "A BERT that learns").
   * GPT-2's initialisation, and what a training loop asks of a model: parameter counts,
     weight-decay groups, FLOPs per token (for MFU).
 
@@ -22,7 +26,8 @@ Read next: clm.py and mlm.py (the two objectives), then data.py.
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Literal, get_args, get_origin
 
 import torch
 import torch.nn as nn
@@ -42,20 +47,32 @@ def setting(default, help):
     return field(default=default, metadata={"help": help})
 
 
+def check_choices(config):
+    """Refuse a value outside a Literal field's choices (dataclasses do not check types)."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if get_origin(f.type) is Literal and value not in get_args(f.type):
+            raise ValueError(f"--{f.name} {value}: choose one of {', '.join(get_args(f.type))}")
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = setting(50304, "GPT-2's 50,257 ids, [MASK], then padding to a multiple of 64")
     block_size: int = setting(128, "the longest sequence the model reads")
+    position: Literal["learned", "rope"] = setting(
+        "learned", "learned: a table of position vectors (GPT-2); rope: rotary (Su et al. 2021)")
     n_layer: int = setting(4, "Transformer blocks")
     n_head: int = setting(4, "attention heads per block; n_embd must divide by it")
     n_embd: int = setting(256, "width of the residual stream")
     dropout: float = setting(0.0, "on embeddings, attention weights and residual branches (0: off)")
     bias: bool = setting(True, "biases in Linear and LayerNorm layers, as in GPT-2 and BERT")
+    embedding_layernorm: bool = setting(False, "a LayerNorm on the embeddings, as BERT has")
     # The two switches below change how the forward pass is computed, never what it computes.
     explicit_attention: bool = setting(False, "attention step by step instead of fused SDPA")
     grad_checkpointing: bool = setting(False, "keep only block inputs; recompute in backward")
 
     def __post_init__(self):
+        check_choices(self)
         if self.n_embd % self.n_head:
             raise ValueError(f"--n_embd {self.n_embd} is not a multiple of --n_head {self.n_head}")
 
@@ -75,6 +92,24 @@ def attention_mask(T_q, T_k, causal, key_mask, device):
         pad = key_mask[:, None, None, :]  # (B, 1, 1, T_k): no query attends to a padded key
         mask = pad if mask is None else mask & pad
     return mask
+
+
+def apply_rope(x, start=0):
+    """Rotary position embedding (Su et al. 2021, "RoFormer"). x (B, nh, T, hs) holds queries or
+    keys of positions start, start + 1, ...; each channel pair (2i, 2i + 1) at position p is
+    rotated by the angle p * theta_i, with theta_i = 10000^(-2i / hs): fast turns in the first
+    pairs, slow ones in the last. A rotation keeps lengths, and the dot product of a query rotated
+    by angle a with a key rotated by b depends on a - b only, so attention scores depend on how far
+    apart two tokens are, not on where they stand. Nothing is learned and nothing is added to the
+    embeddings: position enters every layer's attention, from the first step of training."""
+    hs, dtype = x.size(-1), torch.promote_types(x.dtype, torch.float32)  # angles in fp32 at least
+    theta = 10000 ** (-torch.arange(0, hs, 2, device=x.device, dtype=dtype) / hs)
+    p = torch.arange(start, start + x.size(-2), device=x.device, dtype=dtype)
+    angles = p[:, None] * theta  # (T, hs/2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]  # the two channels of each pair, (B, nh, T, hs/2) each
+    rotated = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (..., hs/2, 2)
+    return rotated.flatten(-2)  # the pairs interleaved again: (B, nh, T, hs)
 
 
 def explicit_attention(q, k, v, mask, dropout_p):
@@ -104,6 +139,9 @@ class SelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
         # Each head works on its own slice of hs = C / nh channels.
         q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if self.config.position == "rope":  # position enters here: rotate queries and keys
+            start = cache["k"].size(2) if cache else 0  # tokens already in the KV cache
+            q, k = apply_rope(q, start), apply_rope(k, start)
         if cache is not None:  # generation: this layer's keys and values of the earlier tokens
             if cache:
                 k = torch.cat([cache["k"], k], dim=2)  # (B, nh, T_cached + T, hs)
@@ -162,7 +200,12 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)  # learned position embeddings
+        learned = config.position == "learned"  # else RoPE, inside attention: no table here
+        self.wpe = nn.Embedding(config.block_size, config.n_embd) if learned else None
+        # BERT (Devlin et al. 2019) normalises its embeddings before the first block; GPT-2 does
+        # not. Tokens then enter the residual stream at unit scale, not at the 0.02 of their init.
+        layernorm = config.embedding_layernorm
+        self.ln_emb = nn.LayerNorm(config.n_embd, bias=config.bias) if layernorm else None
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config, causal) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
@@ -174,8 +217,12 @@ class Transformer(nn.Module):
         start = cache[0]["k"].size(2) if cache and cache[0] else 0  # tokens already in the cache
         if start + T > self.config.block_size:
             raise ValueError(f"{start + T} positions, but block_size is {self.config.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        x = self.wte(idx)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))  # + (T, C)
+        if self.ln_emb is not None:
+            x = self.ln_emb(x)
+        x = self.drop(x)
         for i, block in enumerate(self.h):
             if self.config.grad_checkpointing and self.training and torch.is_grad_enabled():
                 # Activation checkpointing: keep only the block's input; backward runs it again.
@@ -283,7 +330,9 @@ def num_params(model, include_position=True):
     each tensor once). include_position=False leaves out the position table, as GPT-2's papers
     count."""
     n = sum(p.numel() for p in model.parameters())
-    return n if include_position else n - model.transformer.wpe.weight.numel()
+    if include_position or model.transformer.wpe is None:
+        return n
+    return n - model.transformer.wpe.weight.numel()
 
 
 def param_groups(model, weight_decay):

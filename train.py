@@ -402,14 +402,18 @@ def print_end(run, cfg, metrics, seconds):
 
 def parse_args(argv=None):
     """(ModelConfig, TrainConfig, the names of the flags given). Defaults and help texts live in
-    the dataclasses' fields (model.setting)."""
+    the dataclasses' fields (model.setting); BERT starts from a few defaults of its own
+    (mlm.MLM.defaults), used where no flag is given."""
     parser = runtime.Parser(description="Pretrain a GPT or a BERT.",
                             argument_default=argparse.SUPPRESS)
+    bert = objective_for("bert").defaults
     for cls in (ModelConfig, TrainConfig):
         group = parser.add_argument_group(cls.__name__)
         for f in fields(cls):
+            default = f"{f.default}" + (f"; with --model bert: {bert[f.name]}" if f.name in bert
+                                        else "")
             help_text = f.metadata["help"].replace("%", "%%")  # argparse reads % as a format
-            kwargs = {"help": f"{help_text} (default: {f.default})"}
+            kwargs = {"help": f"{help_text} (default: {default})"}
             if f.type is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
             elif get_origin(f.type) is Literal:
@@ -418,12 +422,13 @@ def parse_args(argv=None):
                 kwargs["type"] = f.type
             group.add_argument(f"--{f.name}", **kwargs)
     given = vars(parser.parse_args(argv))  # only the flags on the command line
+    settings = {**objective_for(given.get("model", "gpt")).defaults, **given}
     try:
-        mcfg = ModelConfig(**{k: v for k, v in given.items()
+        mcfg = ModelConfig(**{k: v for k, v in settings.items()
                               if k in ModelConfig.__dataclass_fields__})
     except ValueError as e:
         raise runtime.ConfigError(str(e)) from None
-    cfg = TrainConfig(**{k: v for k, v in given.items() if k in TrainConfig.__dataclass_fields__})
+    cfg = TrainConfig(**{k: v for k, v in settings.items() if k in TrainConfig.__dataclass_fields__})
     check_settings(cfg, set(given))
     return mcfg, cfg, set(given)
 

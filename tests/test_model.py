@@ -23,9 +23,10 @@ def random_ids(B, T, high=50256, seed=0):
 
 # 1. What each position may see -------------------------------------------------------------------
 
-def test_future_tokens_do_not_change_past_gpt_logits():
+@pytest.mark.parametrize("position", ["learned", "rope"])
+def test_future_tokens_do_not_change_past_gpt_logits(position):
     torch.manual_seed(0)
-    gpt = GPT(tiny()).eval()
+    gpt = GPT(tiny(position=position)).eval()
     idx = random_ids(2, 16)
     before = gpt(idx)
     for t in (0, 5, 14):
@@ -60,12 +61,12 @@ def test_bert_ignores_the_ids_under_padding():
 
 # 2. Explicit attention equals F.scaled_dot_product_attention -------------------------------------
 
-@pytest.mark.parametrize("cls", [GPT, BERT])
+@pytest.mark.parametrize("cls, position", [(GPT, "learned"), (BERT, "learned"), (BERT, "rope")])
 @pytest.mark.parametrize("padded", [False, True])
-def test_explicit_attention_equals_sdpa(cls, padded):
+def test_explicit_attention_equals_sdpa(cls, position, padded):
     torch.manual_seed(0)
-    fused = cls(tiny()).eval()
-    explicit = cls(tiny(explicit_attention=True)).eval()
+    fused = cls(tiny(position=position)).eval()
+    explicit = cls(tiny(position=position, explicit_attention=True)).eval()
     explicit.load_state_dict(fused.state_dict())
     idx = random_ids(3, 16)
     if cls is GPT:
@@ -94,6 +95,42 @@ def test_explicit_attention_matches_a_softmax_written_in_the_test():
         torch.testing.assert_close(out[:, :, i], (w[..., None] * v[:, :, : i + 1]).sum(2), atol=1e-6, rtol=0)
 
 
+# 2b. Rotary position embeddings ------------------------------------------------------------------
+
+def test_rope_rotates_each_channel_pair_like_a_complex_number():
+    """RoPE written the other way round: channel pair (2i, 2i + 1) as the complex number
+    x_2i + j x_2i+1, multiplied by e^(j p theta_i) with theta_i = 10000^(-2i / hs)."""
+    x = torch.randn(2, 3, 7, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    start = 5
+    pairs = torch.complex(x[..., 0::2], x[..., 1::2])  # (2, 3, 7, 4)
+    theta = torch.tensor([10000 ** (-2 * i / 8) for i in range(4)], dtype=torch.float64)
+    p = torch.arange(start, start + 7, dtype=torch.float64)[:, None]  # positions 5..11
+    turned = pairs * torch.exp(1j * p * theta)
+    expected = torch.stack([turned.real, turned.imag], dim=-1).flatten(-2)
+    torch.testing.assert_close(model.apply_rope(x, start), expected, atol=1e-12, rtol=0)
+
+
+def test_rope_scores_depend_only_on_the_distance_between_positions():
+    q, k = torch.randn(2, 1, 2, 1, 16, dtype=torch.float64,
+                       generator=torch.Generator().manual_seed(1))  # one query, one key, 2 heads
+
+    def score(m, n):  # query at position m, key at position n
+        return (model.apply_rope(q, m) * model.apply_rope(k, n)).sum(-1).flatten()
+
+    for m, n in ((3, 1), (10, 2), (40, 40), (0, 7)):
+        for shift in (1, 17, 100):
+            torch.testing.assert_close(score(m + shift, n + shift), score(m, n), atol=1e-10, rtol=0)
+    assert not torch.allclose(score(3, 1), score(3, 2))  # another distance: another score
+    assert not torch.allclose(score(3, 1), score(1, 3))  # and it knows left from right
+
+
+def test_rope_has_no_position_table():
+    rope, learned = GPT(tiny(position="rope")), GPT(tiny())
+    assert rope.transformer.wpe is None
+    assert model.num_params(rope) == model.num_params(learned) - 16 * 32  # block_size x n_embd
+    assert model.num_params(rope, include_position=False) == model.num_params(rope)
+
+
 # 3. Sizes, tying and parameter groups ------------------------------------------------------------
 
 def block_params(C):
@@ -101,14 +138,17 @@ def block_params(C):
     return 2 * 2 * C + (3 * C * C + 3 * C) + (C * C + C) + (4 * C * C + 4 * C) + (4 * C * C + C)
 
 
-@pytest.mark.parametrize("cls", [GPT, BERT])
-def test_parameter_count_matches_closed_form(cls):
-    cfg = tiny(vocab_size=1000, block_size=24, n_layer=3, n_embd=48)
+@pytest.mark.parametrize("cls, options", [
+    (GPT, {}), (BERT, {}), (BERT, {"position": "rope", "embedding_layernorm": True})])
+def test_parameter_count_matches_closed_form(cls, options):
+    cfg = tiny(vocab_size=1000, block_size=24, n_layer=3, n_embd=48, **options)
     m = cls(cfg)
-    V, P, L, C = 1000, 24, 3, 48
+    V, P, L, C = 1000, 24 if cfg.position == "learned" else 0, 3, 48  # RoPE: no position table
     expected = V * C + P * C + L * block_params(C) + 2 * C  # + ln_f; the LM head is the tied wte
     if cls is BERT:
         expected += (C * C + C) + 2 * C + V  # head dense, head LayerNorm, output bias
+    if cfg.embedding_layernorm:
+        expected += 2 * C
     assert model.num_params(m) == expected
     assert model.num_params(m, include_position=False) == expected - P * C
 
@@ -282,6 +322,44 @@ def test_gpt_overfits_one_batch():
         loss.backward()
         opt.step()
     assert loss.item() < 0.1
+
+
+def random_walks(n, generator, T=16, V=64):
+    """Sequences in which each token is 1, 2 or 3 above the one before it (mod V): a hidden token
+    is pinned down by its neighbours, not by which other tokens the sequence contains."""
+    steps = torch.randint(1, 4, (n, T), generator=generator)
+    return (torch.randint(0, V, (n, 1), generator=generator) + steps.cumsum(1)) % V
+
+
+def test_a_trained_bert_uses_word_order():
+    """BERT's default positions (RoPE, mlm.MLM.defaults) let it learn from its neighbours: shuffle
+    the visible tokens and its loss at [MASK] goes up. A bag of words would not care."""
+    from mlm import MLM
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    defaults = {k: v for k, v in MLM.defaults.items() if k in ModelConfig.__dataclass_fields__}
+    bert = BERT(tiny(vocab_size=128, **defaults))  # ids 0..63 are text
+    objective = MLM(mask_prob=0.3, eot_id=64)  # <|endoftext|> 64, [MASK] 65
+    opt = torch.optim.AdamW(bert.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = objective.loss(bert, *objective.train_batch(random_walks(64, g), g))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    bert.eval()
+    tokens = random_walks(512, torch.Generator().manual_seed(1))
+    hidden = torch.zeros_like(tokens, dtype=torch.bool)
+    hidden[:, [5, 10]] = True
+    inputs = tokens.masked_fill(hidden, 65)
+    visible = (~hidden[0]).nonzero().flatten()
+    shuffled = inputs.clone()
+    for row in shuffled:  # the same visible tokens, in another order; [MASK]s stay where they are
+        row[visible] = row[visible[torch.randperm(len(visible), generator=g)]]
+    with torch.no_grad():
+        ordered, unordered = (F.cross_entropy(bert(x, positions=hidden), tokens[hidden]).item()
+                              for x in (inputs, shuffled))
+    assert ordered < math.log(64) - 1.5  # it learned: far below guessing among 64 ids
+    assert unordered > ordered + 1.5  # and what it learned is where its neighbours are
 
 
 def test_bert_overfits_one_batch_through_the_sparse_head():

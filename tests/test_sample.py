@@ -87,10 +87,12 @@ def test_padded_vocabulary_ids_never_come_out_even_when_largest(kwargs):
 
 # 2. The KV cache ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny_gpt():
+@pytest.fixture(scope="module", params=["learned", "rope"])
+def tiny_gpt(request):
     torch.manual_seed(0)
-    gpt = GPT(ModelConfig(vocab_size=200, block_size=16, n_layer=2, n_head=2, n_embd=32)).double().eval()
+    config = ModelConfig(vocab_size=200, block_size=16, n_layer=2, n_head=2, n_embd=32,
+                         position=request.param)
+    gpt = GPT(config).double().eval()
     with torch.no_grad():  # sharper predictions than at init, so greedy decoding is not a coin toss
         for p in gpt.parameters():
             p.mul_(8 if p.dim() == 2 else 1)
