@@ -156,14 +156,15 @@ def measure(name, device, dtype):
     return result
 
 
-def main():
-    parser = runtime.Parser(description="Measure training, optimizer and generation speed.")
+def main(argv=None):
+    parser = runtime.Parser(prog="bench.py", description="Measure training, optimizer and "
+                                                         "generation speed.")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
                         default="auto")
     parser.add_argument("--only", default="", help="run the rows whose name contains this text")
     parser.add_argument("--row", default=None, help=argparse.SUPPRESS)  # internal: one row here
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = runtime.pick_device(args.device)
     dtype = runtime.pick_dtype(args.dtype, device)
     if device == "cpu":
@@ -199,7 +200,4 @@ def print_row(row, args):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except runtime.ConfigError as e:
-        sys.exit(f"error: {e}")
+    runtime.run_program(main)

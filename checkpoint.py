@@ -4,36 +4,70 @@ checkpoint.py: trained models on disk, shared by train.py (which saves and resum
 train.py's `save_run`; this file writes it so that no crash can destroy it, reads it back with
 checks, and turns it into a model again.
 
+  * `lock`: one run at a time in an --out_dir;
   * `save_checkpoint`: atomic (a temporary file, flushed, then renamed over the old one);
   * `load_checkpoint`: refuses what is not a checkpoint, with one line that says why;
   * `objective_for`: the one place that maps the model kind (--model gpt|bert) to its objective;
-  * `load_model`: a checkpoint's model with its trained weights; `load_gpt2`: OpenAI's GPT-2.
+  * `load_model`: a checkpoint's model with its trained weights; `load_gpt2`: OpenAI's GPT-2;
+  * `rng_state`, `gather_rng`, `set_rng_state`: every random number generator of every process,
+    saved and restored, so that a resumed run draws what the unbroken one would have.
 
 Read next: sample.py.
 """
 
+import contextlib
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.distributed as dist
 
 import fetch
 from clm import CLM
 from mlm import MLM
 from model import GPT, ModelConfig
+from runtime import UserError
 
 GPT2_PATH = "data/gpt2/pytorch_model.bin"  # where --init_from gpt2 finds (or downloads) GPT-2
 KEYS = {"model", "optimizer", "scaler", "step", "model_config", "train_config", "best_val_loss",
         "rng", "skipped_steps", "tokens"}
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used or written; the message says why and what to do."""
 
 
 def objective_for(kind, mask_prob=0.15):
     """GPT learns by next-token prediction (clm.py), BERT by masked LM (mlm.py)."""
     return CLM() if kind == "gpt" else MLM(mask_prob)
+
+
+@contextlib.contextmanager
+def lock(out_dir):
+    """Hold out_dir/run.lock while a run writes into out_dir; a second run there is refused with
+    the first one's process id. The lock is the kernel's (flock): it ends with its process, even
+    one killed by kill -9, so a stale lock never blocks anyone. (Not on Windows: no flock.)"""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = Path(out_dir) / "run.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise CheckpointError(f"--out_dir {out_dir} is in use by another run (process id "
+                                  f"{holder}): wait for it to end, or choose another --out_dir") \
+                from None
+        f.truncate(0)  # a+: every write goes to the end, here the start of an empty file
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
 
 
 def save_checkpoint(path, checkpoint):
@@ -47,12 +81,14 @@ def save_checkpoint(path, checkpoint):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch reports a failed write as a RuntimeError
+    except BaseException as e:  # a full disk, Ctrl-C: nothing half-written stays behind
         tmp.unlink(missing_ok=True)
+        if not isinstance(e, (OSError, RuntimeError)):  # torch reports failed writes as these
+            raise
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
-        kept = f"{path} from before is kept" if path.exists() else "no checkpoint was written"
-        raise CheckpointError(f"cannot write {path}: {reason}; {kept}. Free some space or choose "
-                              f"another --out_dir, then resume with --init_from resume") from None
+        then = ("the one from before is kept: free some space, then go on with --init_from "
+                "resume" if path.exists() else "free some space and start again")
+        raise CheckpointError(f"cannot write {path} ({reason}); {then}") from None
 
 
 def load_checkpoint(path):
@@ -98,3 +134,33 @@ def load_gpt2(path, block_size, dropout):
         model.transformer.wpe.weight = torch.nn.Parameter(wpe)
         model.config.block_size = block_size
     return model
+
+
+def rng_state(generator):
+    """Every source of randomness of this process: data order, dropout, anything else."""
+    np_state = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            "data": generator.get_state()}
+
+
+def set_rng_state(state, generator):
+    random.setstate(state["python"])
+    np.random.set_state((state["numpy"][0], np.array(state["numpy"][1], dtype=np.uint32),
+                         *state["numpy"][2:]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    generator.set_state(state["data"])
+
+
+def gather_rng(generator):
+    """Every process's RNG states, gathered to all (rank 0 saves them)."""
+    state = rng_state(generator)
+    if not dist.is_initialized():
+        return [state]
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states

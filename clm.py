@@ -68,10 +68,12 @@ class CLM:
     def loss(self, model, inputs, targets):
         return clm_loss(model(inputs), targets)
 
+    metrics = ("loss",)  # what evaluation reports
+
     def eval_sums(self, model, inputs, targets):
         """{metric: (sum of token losses, number of tokens)} for one evaluation batch."""
-        n = (targets != IGNORE).sum()
-        return {"loss": (self.loss(model, inputs, targets) * n, n)}
+        n = (targets != IGNORE).sum().item()
+        return {"loss": (self.loss(model, inputs, targets).item() * n, n)}
 
     def describe(self, metrics):
         return f"loss {metrics['loss']:.4f}, perplexity {math.exp(metrics['loss']):.2f}"

@@ -51,7 +51,6 @@ import functools
 import json
 import os
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -178,6 +177,8 @@ def text_files(text):
     files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
     if not path.exists() or not files:
         raise DataError(f"--text {text}: no such file, or a folder without .txt files")
+    if not any(f.stat().st_size for f in files):
+        raise DataError(f"--text {text}: the files are empty; there is no text to learn from")
     return files
 
 
@@ -186,54 +187,85 @@ def prepare(data_dir, text=None, val_fraction=None, variant="raw", mirrors=fetch
     """Make sure data_dir holds train.bin, val.bin (and test.bin for WikiText) for the chosen
     corpus; tokenize only when they are missing or their source changed. Returns meta.json's
     contents. A folder made from your text remembers it (and val_fraction, default 0.1): later
-    calls need neither."""
-    data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    meta_path = data_dir / "meta.json"
-    old = json.loads(meta_path.read_text()) if meta_path.exists() else None
-    prepared = old is not None and all(
-        (data_dir / f"{s}.bin").exists() and (data_dir / f"{s}.bin").stat().st_size == 2 * n
-        for s, n in old["tokens"].items())
+    calls need neither, and a folder never silently changes what it holds: another source is
+    refused, with the folder to use instead."""
+    data_dir = runtime.make_folder(data_dir, "data_dir")
+    old = read_meta(data_dir)
     remembered = old["source"] if old else {}
-    text = text or remembered.get("text")
-    val_fraction = val_fraction if val_fraction is not None else remembered.get("val_fraction", 0.1)
-
+    text = check_same_source(data_dir, remembered, text)
+    if val_fraction is None:
+        val_fraction = remembered.get("val_fraction", 0.1)
+    ready = old is not None and complete(data_dir, old)
+    if text and not Path(text).exists() and ready:  # the text moved; what was made from it stays
+        print(f"data: {text} is gone; using the .bin files prepared from it in {data_dir}/")
+        return old
     if text:
         files = text_files(text)
         source = {"text": str(Path(text).resolve()), "val_fraction": val_fraction,
                   "sha256": {str(f): fetch.sha256(f) for f in files}}
     else:
-        paths = fetch.wikitext(data_dir, variant, mirrors, expected, download=not prepared)
+        paths = fetch.wikitext(data_dir, variant, mirrors, expected, download=not ready)
         if paths is None:  # the source files are gone, but what was made from them is still here
             print(f"data: WikiText-2 files not in {data_dir}/; using the prepared .bin files")
             return old
         source = {"wikitext": {s: p.name for s, p in paths.items()},
                   "sha256": {s: fetch.sha256(p) for s, p in paths.items()}}
-    if prepared and old["source"] == source:
+    if ready and old["source"] == source:
         print(f"data: {data_dir}/*.bin are up to date")
         return old
-
     start = time.time()
     if text:
-        tokens = split_train_val(text_stream(files), data_dir, val_fraction)
+        tokens = split_train_val(text_stream(files), data_dir, val_fraction, text)
     else:
         tokens = {s: tokenize_to_file(wikitext_stream(paths[s]), data_dir / f"{s}.bin")
                   for s in SPLITS}
     meta = {"tokenizer": "gpt2", "vocab_size": tokenizer().n_vocab, "eot_id": EOT_ID,
             "dtype": "uint16", "tokens": tokens, "source": source,
             "seconds": round(time.time() - start, 2)}
-    meta_path.write_text(json.dumps(meta, indent=1))
+    (data_dir / "meta.json").write_text(json.dumps(meta, indent=1))
     return meta
 
 
-def split_train_val(stream, data_dir, val_fraction):
+def read_meta(data_dir):
+    """What data_dir/meta.json says the folder holds, or None where there is no meta.json."""
+    path = Path(data_dir) / "meta.json"
+    if not path.exists():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+        meta["tokens"].items(), meta["source"].get  # what everything else relies on
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise DataError(f"{path} is damaged: delete it and run again (the .bin files beside it "
+                        f"are made again)") from None
+    return meta
+
+
+def complete(data_dir, meta):
+    """Whether every .bin file meta.json lists is there, with as many tokens as it says."""
+    return all((data_dir / f"{s}.bin").exists() and (data_dir / f"{s}.bin").stat().st_size == 2 * n
+               for s, n in meta["tokens"].items())
+
+
+def check_same_source(data_dir, remembered, text):
+    """The text a folder is (to be) prepared from: the one asked for, else the one it remembers
+    (None: WikiText-2). Asking a folder for another corpus than the one it holds is refused."""
+    held = remembered.get("text") or ("WikiText-2" if "wikitext" in remembered else None)
+    if text and held and (held == "WikiText-2" or Path(text).resolve() != Path(held)):
+        elsewhere = Path(data_dir).parent / Path(text).stem
+        raise DataError(f"--data_dir {data_dir} holds {held}; prepare --text {text} in a folder "
+                        f"of its own: --data_dir {elsewhere}")
+    return text or remembered.get("text")
+
+
+def split_train_val(stream, data_dir, val_fraction, text):
     """Tokenize into train.bin, then move the last val_fraction of the tokens into val.bin."""
     train_path, val_path = data_dir / "train.bin", data_dir / "val.bin"
     n = tokenize_to_file(stream, train_path)
     n_val = int(n * val_fraction)
     if n_val < 2 or n - n_val < 2:
         raise DataError(f"{n} tokens cannot be split {1 - val_fraction:.0%}/{val_fraction:.0%} "
-                        f"into train and val: give more text or another --val_fraction")
+                        f"into train and val: give more text, or another share with  python "
+                        f"data.py --text {text} --data_dir {data_dir} --val_fraction 0.5")
     tokens = np.memmap(train_path, dtype=np.uint16, mode="r")
     part = val_path.with_name("val.bin.part")
     tokens[n - n_val:].tofile(part)  # numpy streams the slice from the memmap
@@ -249,6 +281,10 @@ def open_split(data_dir, split):
     """A split's token ids as a read-only memmap: nothing is read until a batch needs it."""
     path = Path(data_dir) / f"{split}.bin"
     if not path.exists():
+        meta = read_meta(data_dir)
+        if meta and split not in meta["tokens"]:
+            raise DataError(f"{data_dir} has no {split} split: it holds {', '.join(meta['tokens'])}"
+                            f" (your own text is split into train and val only)")
         raise DataError(f"{path} does not exist: prepare it with  python data.py --data_dir "
                         f"{data_dir}")
     return np.memmap(path, dtype=np.uint16, mode="r")
@@ -297,28 +333,27 @@ def evaluate(model, objective, tokens, batch_size, autocast, max_batches=0):
     plan = plan[: max_batches or None]
     was_training = model.training
     model.eval()
-    sums = {}  # metric -> float64 tensor (sum of token losses, number of tokens)
+    totals = torch.zeros(len(objective.metrics), 2, dtype=torch.float64, device=device)
     for i in tqdm(range(rank, len(plan), world), desc="evaluating", leave=False,
                   disable=not runtime.is_main()):
         starts, length = plan[i]
         inputs, targets = objective.eval_batch(read_blocks(tokens, starts, length), starts)
         inputs, targets = runtime.to_device(inputs, device), runtime.to_device(targets, device)
         with autocast:
-            batch_sums = objective.eval_sums(model, inputs, targets)
-        for name, (total, count) in batch_sums.items():
-            pair = torch.stack([total.double(), count.double()])
-            sums[name] = sums[name] + pair if name in sums else pair
+            sums = objective.eval_sums(model, inputs, targets)
+        totals += torch.tensor([sums[name] for name in objective.metrics], device=device)
     model.train(was_training)
-    names = sorted(sums)
-    totals = torch.stack([sums[name] for name in names])  # (metrics, 2)
     if world > 1:
         torch.distributed.all_reduce(totals)
-    metrics = {name: (s / n).item() for name, (s, n) in zip(names, totals)}
-    return {**metrics, "tokens": int(totals[names.index("loss"), 1])}
+    if totals[0, 1] == 0:
+        raise DataError(f"nothing to score: {len(tokens)} tokens, none of them a target")
+    metrics = {name: (s / n).item() for name, (s, n) in zip(objective.metrics, totals)}
+    return {**metrics, "tokens": int(totals[0, 1])}
 
 
 def main(argv=None):
-    parser = runtime.Parser(description="Prepare a corpus: tokenize it into train/val(/test).bin.")
+    parser = runtime.Parser(prog="data.py", description="Prepare a corpus: tokenize it into "
+                                                        "train/val(/test).bin.")
     parser.add_argument("--data_dir", default="data/wikitext-2",
                         help="where the corpus and the .bin files live")
     parser.add_argument("--text", default=None,
@@ -330,6 +365,8 @@ def main(argv=None):
     parser.add_argument("--mirror", default=fetch.MIRRORS[0],
                         help="where to download WikiText-2's zip from")
     args = parser.parse_args(argv)
+    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
+        raise runtime.ConfigError(f"--val_fraction {args.val_fraction}: must be between 0 and 1")
     start = time.time()
     meta = prepare(args.data_dir, args.text, args.val_fraction, args.variant,
                    mirrors=(args.mirror,))
@@ -340,7 +377,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (DataError, runtime.ConfigError) as e:
-        sys.exit(f"error: {e}")
+    runtime.run_program(main)

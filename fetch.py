@@ -24,6 +24,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from runtime import UserError
+
 SPLITS = ("train", "val", "test")
 WIKITEXT = {  # the two published variants: their zip and the names of the three split files in it
     "raw": {"zip": "wikitext-2-raw-v1.zip",
@@ -41,7 +43,7 @@ SHA256 = {  # the v1 files (see ../shared/data/README.md); no offline copy of th
 GPT2_URL = "https://huggingface.co/openai-community/gpt2/resolve/main/pytorch_model.bin"
 
 
-class DataError(Exception):
+class DataError(UserError):
     """Something about the data the user must fix; the message says what and how."""
 
 

@@ -112,6 +112,8 @@ class MLM:
         chosen = targets != IGNORE
         return mlm_loss(model(inputs, positions=chosen), targets[chosen])  # the sparse head
 
+    metrics = ("loss", "mask_loss")  # what evaluation reports
+
     def eval_sums(self, model, inputs, targets):
         """{metric: (sum of token losses, number of tokens)}: all chosen positions, and those
         replaced by [MASK] only."""
@@ -119,8 +121,8 @@ class MLM:
         logits = model(inputs, positions=chosen).float()  # (N, V)
         losses = F.cross_entropy(logits, targets[chosen], reduction="none")  # (N,)
         at_mask = inputs[chosen] == self.eot_id + 1  # [MASK]
-        return {"loss": (losses.sum(), chosen.sum()),
-                "mask_loss": (losses[at_mask].sum(), at_mask.sum())}
+        return {"loss": (losses.sum().item(), chosen.sum().item()),
+                "mask_loss": (losses[at_mask].sum().item(), at_mask.sum().item())}
 
     def describe(self, metrics):
         loss, at_mask = metrics["loss"], metrics["mask_loss"]

@@ -47,12 +47,18 @@ def setting(default, help):
     return field(default=default, metadata={"help": help})
 
 
+def check(ok, name, value, rule):
+    """Refuse a setting in one line that names its flag, its value and the rule it breaks."""
+    if not ok:
+        raise ValueError(f"--{name} {value}: {rule}")
+
+
 def check_choices(config):
     """Refuse a value outside a Literal field's choices (dataclasses do not check types)."""
     for f in fields(config):
-        value = getattr(config, f.name)
-        if get_origin(f.type) is Literal and value not in get_args(f.type):
-            raise ValueError(f"--{f.name} {value}: choose one of {', '.join(get_args(f.type))}")
+        value, choices = getattr(config, f.name), get_args(f.type)
+        check(get_origin(f.type) is not Literal or value in choices, f.name, value,
+              f"choose one of {', '.join(choices)}")
 
 
 @dataclass
@@ -73,8 +79,15 @@ class ModelConfig:
 
     def __post_init__(self):
         check_choices(self)
-        if self.n_embd % self.n_head:
-            raise ValueError(f"--n_embd {self.n_embd} is not a multiple of --n_head {self.n_head}")
+        for name in ("vocab_size", "n_layer", "n_head", "n_embd"):
+            check(getattr(self, name) >= 1, name, getattr(self, name), "must be at least 1")
+        check(self.block_size >= 2, "block_size", self.block_size,
+              "must be at least 2: a token and the one after it")
+        check(0 <= self.dropout < 1, "dropout", self.dropout, "must be at least 0 and below 1")
+        check(self.n_embd % self.n_head == 0, "n_embd", self.n_embd,
+              f"must be a multiple of --n_head {self.n_head}")
+        check(self.position != "rope" or self.n_embd // self.n_head % 2 == 0, "n_head",
+              self.n_head, "RoPE turns pairs of channels: --n_embd / --n_head must be even")
 
 
 def attention_mask(T_q, T_k, causal, key_mask, device):

@@ -5,7 +5,8 @@ runtime.py: where a program runs. Not a lesson: plumbing train.py, sample.py and
   * the processes of a data-parallel run (`rank_and_world`, `is_main`, `say`);
   * moving batches to the device, and unwrapping a model from DDP and torch.compile;
   * a C-allocator setting that makes CPU training faster on Linux (`keep_freed_memory`);
-  * an argparse parser whose errors are one line (`Parser`).
+  * what a user must fix is one line on stderr, never a traceback (`UserError`, `run_program`);
+    an argparse parser whose errors are such a line too (`Parser`).
 
 Read next: train.py.
 """
@@ -13,8 +14,11 @@ Read next: train.py.
 import argparse
 import contextlib
 import ctypes
+import difflib
 import os
+import re
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -22,15 +26,39 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """Something the user must fix (a setting, a file, a folder); the message says what and how."""
+
+
+class ConfigError(UserError, ValueError):
     """A setting the user must change; the message names the flag and what to do."""
+
+
+def run_program(main, argv=None):
+    """What `python program.py` runs: main(argv), with what the user must fix as one line on
+    stderr and exit status 1. A file-system fault (no space left, permission denied, ...) is such
+    a line too, naming the path; Ctrl-C ends quietly with status 130."""
+    try:
+        main(argv)
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    except OSError as e:  # the disk or the file system said no: say where and why
+        where = f"{e.filename}: " if e.filename else ""
+        sys.exit(f"error: {where}{e.strerror or e}")
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a mistake on the command line is one line naming the flag, no usage block."""
 
     def error(self, message):
-        raise ConfigError(f"{message} (see: python {self.prog} --help)")
+        options = [o for action in self._actions for o in action.option_strings]
+        unknown = re.findall(r"--\w+", message) if message.startswith("unrecognized") else []
+        near = {m for flag in unknown for m in difflib.get_close_matches(flag, options, n=1)}
+        guess = f"; did you mean {' or '.join(sorted(near))}?" if near else ""
+        raise ConfigError(f"{message}{guess} (see: python {self.prog} --help)")
 
 
 def pick_device(name):
@@ -78,6 +106,15 @@ def processes(device):
         yield torch.device(device)
     finally:  # also on errors and Ctrl-C, so that no process waits forever for the others
         dist.destroy_process_group()
+
+
+def make_folder(path, flag):
+    """path as a Path, created if missing; a regular file there is refused, naming the flag."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--{flag} {path} is a file, not a folder: name a folder")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def rank_and_world():

@@ -32,7 +32,6 @@ Run:
 Read next: EXERCISES.md.
 """
 
-import argparse
 import codecs
 import re
 import sys
@@ -45,7 +44,7 @@ import torch.nn.functional as F
 
 import data
 import runtime
-from checkpoint import GPT2_PATH, CheckpointError, load_checkpoint, load_gpt2, load_model
+from checkpoint import GPT2_PATH, load_checkpoint, load_gpt2, load_model
 from checkpoint import objective_for
 from model import BERT, EOT_ID, MASK_ID
 
@@ -159,10 +158,15 @@ def perplexity(model, objective, what, data_dir, device, dtype):
     """The exact loss over every token of a split or a text file (data.evaluate), printed."""
     if what in ("val", "test"):
         tokens = data.open_split(data_dir, what)
-    else:  # a text file: its tokens
+    elif Path(what).is_file():  # a text file: its tokens
         enc = data.tokenizer()
         ids = [i for piece in data.text_pieces(Path(what)) for i in enc.encode_ordinary(piece)]
         tokens = np.array(ids, dtype=np.uint16)
+    else:
+        raise runtime.ConfigError(f"--eval {what}: give val, test or the path of a text file")
+    if len(tokens) < 2:
+        raise runtime.ConfigError(f"--eval {what} holds {len(tokens)} token(s): a perplexity "
+                                  f"needs at least 2")
     metrics = data.evaluate(model, objective, tokens, 16, runtime.autocast(device, dtype))
     print(f"{what}: {len(tokens):,} tokens, {metrics['tokens']:,} predicted; "
           f"{objective.describe(metrics)}")
@@ -223,8 +227,8 @@ def print_fill_mask(model, ids, top_k):
 
 
 def parse_args(argv):
-    parser = runtime.Parser(description="Sample from a GPT, fill masks with a BERT, or measure "
-                                        "perplexity.")
+    parser = runtime.Parser(prog="sample.py", description="Sample from a GPT, fill masks with a "
+                                                          "BERT, or measure perplexity.")
     add = parser.add_argument
     add("--ckpt", default="out/ckpt.pt", help="checkpoint written by train.py")
     add("--init_from", choices=("ckpt", "gpt2"), default="ckpt",
@@ -243,11 +247,13 @@ def parse_args(argv):
     add("--eval", default=None, help="val, test or a .txt file: print the loss and perplexity")
     add("--data_dir", default=None, help="for --eval val/test (default: the checkpoint's)")
     add("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.max_new_tokens < 1 or args.num_samples < 1:
+        flag, value = (("--max_new_tokens", args.max_new_tokens) if args.max_new_tokens < 1
+                       else ("--num_samples", args.num_samples))
+        raise runtime.ConfigError(f"{flag} {value}: must be at least 1")
+    return args
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (data.DataError, CheckpointError, runtime.ConfigError) as e:
-        sys.exit(f"error: {e}")
+    runtime.run_program(main)

@@ -31,14 +31,11 @@ Read next: sample.py (using what you trained).
 
 import argparse
 import math
-import random
-import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -49,8 +46,9 @@ import monitor
 import runtime
 from adamw import AdamW
 from checkpoint import GPT2_PATH, CheckpointError, load_checkpoint, load_gpt2, load_model
-from checkpoint import objective_for, save_checkpoint
-from model import ModelConfig, flops_per_token, num_params, param_groups, setting
+from checkpoint import gather_rng, lock, objective_for, save_checkpoint, set_rng_state
+from model import ModelConfig, check, check_choices, flops_per_token, num_params, param_groups
+from model import setting
 from runtime import say
 
 
@@ -85,6 +83,27 @@ class TrainConfig:
     ckpt_interval: int = setting(200, "write ckpt.pt every this many steps, and at the end")
     seed: int = setting(1337, "initial weights, data order, dropout")
     compile: bool = setting(False, "torch.compile the model (pays off on GPUs, big models)")
+
+    def __post_init__(self):
+        check_choices(self)
+        for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_interval",
+                     "ckpt_interval"):
+            check(getattr(self, name) >= 1, name, getattr(self, name), "must be at least 1")
+        for name in ("stop_at", "warmup_steps", "eval_iters", "weight_decay", "grad_clip"):
+            check(getattr(self, name) >= 0, name, getattr(self, name), "must not be negative")
+        check(self.lr > 0, "lr", self.lr, "must be positive")
+        check(0 <= self.min_lr <= self.lr, "min_lr", self.min_lr, f"must be in [0, --lr {self.lr}]")
+        check(self.stop_at <= self.max_steps, "stop_at", self.stop_at, f"is past --max_steps "
+              f"{self.max_steps}, where the schedule ends: raise --max_steps to train longer")
+        check(self.warmup_steps <= self.max_steps, "warmup_steps", self.warmup_steps,
+              f"must not exceed --max_steps {self.max_steps}")
+        for name in ("beta1", "beta2"):
+            check(0 <= getattr(self, name) < 1, name, getattr(self, name), "must be in [0, 1)")
+        check(self.eps > 0, "eps", self.eps, "must be positive")
+        check(0 < self.mask_prob < 1, "mask_prob", self.mask_prob, "must be between 0 and 1")
+
+
+MODEL_FIELDS, TRAIN_FIELDS = ModelConfig.__dataclass_fields__, TrainConfig.__dataclass_fields__
 
 
 @dataclass
@@ -124,17 +143,20 @@ def main(argv=None):
     if device == "cpu":
         runtime.keep_freed_memory()
     with runtime.processes(device) as device:  # one, or torchrun's (data parallel)
-        train(mcfg, cfg, checkpoint, device, dtype)
+        if not runtime.is_main():
+            return train(mcfg, cfg, checkpoint, device, dtype)
+        with lock(runtime.make_folder(cfg.out_dir, "out_dir")):  # rank 0 writes out_dir
+            train(mcfg, cfg, checkpoint, device, dtype)
 
 
 def train(mcfg, cfg, checkpoint, device, dtype):
     """Set up a run (data, model, optimizer, counters: fresh or from the checkpoint), then loop."""
     rank, world = runtime.rank_and_world()
     if rank == 0:
-        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
         data.prepare(cfg.data_dir, cfg.text or None)
     if world > 1:
         dist.barrier()  # the others wait until rank 0 has prepared the data
+    check_vocabulary(mcfg, data.read_meta(cfg.data_dir))
     splits = {split: data.open_split(cfg.data_dir, split) for split in ("train", "val")}
     torch.manual_seed(cfg.seed)  # the same initial weights in every process...
     objective = objective_for(cfg.model, cfg.mask_prob)
@@ -173,43 +195,59 @@ def loop(run, splits, cfg, device, dtype):
     print_start(raw, splits, cfg, device, dtype, world)
     out_dir, start_time, metrics = Path(cfg.out_dir), time.time(), {}
     records = start_log(out_dir / "log.jsonl", run.step)
-    last_saved = f"{out_dir / 'ckpt.pt'} (step {run.step})" if run.step else "none written yet"
+    saved = run.step  # the step of the checkpoint on disk (0: none yet)
     bar = tqdm(total=stop, initial=run.step, desc=f"training {cfg.model}", unit="step",
                disable=not runtime.is_main())
-    while run.step < stop:
-        t0 = time.perf_counter()
-        lr = lr_at(run.step, cfg)
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
-        batches = [next_batch(run, splits["train"], B, T, device) for _ in range(accum)]
-        try:
+    try:
+        while run.step < stop:
+            t0 = time.perf_counter()
+            lr = lr_at(run.step, cfg)
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            batches = [next_batch(run, splits["train"], B, T, device) for _ in range(accum)]
             loss, grad_norm, skipped = train_step(run, batches, cfg.grad_clip, autocast)
-        except FloatingPointError as e:
-            raise FloatingPointError(f"{e} at step {run.step + 1}: training diverged and "
-                                     f"nothing was saved from it. Last good checkpoint: "
-                                     f"{last_saved}. Try a lower --lr, --dtype bfloat16 instead "
-                                     f"of float16, or --grad_clip 1") from None
-        run.step, run.tokens = run.step + 1, run.tokens + tokens_per_step
-        run.skipped_steps += skipped
-        tokens_per_s = tokens_per_step / (time.perf_counter() - t0)
-        record = {"step": run.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                  "tokens": run.tokens, "tokens_per_s": round(tokens_per_s),
-                  "mfu": flops * tokens_per_s / (peak * world) if peak else None,
-                  "skipped_steps": run.skipped_steps}
-        if run.step % cfg.eval_interval == 0 or run.step == stop:
-            metrics = evaluate(run, splits["val"], cfg, autocast)
-            record.update({f"val_{k}": v for k, v in metrics.items() if k != "tokens"},
-                          val_ppl=math.exp(metrics["loss"]))
-        if runtime.is_main():
-            monitor.append(records, record, out_dir, f"{type(raw).__name__} on {cfg.data_dir}")
-        if run.step % cfg.ckpt_interval == 0 or run.step == stop:
-            save_run(out_dir / "ckpt.pt", run, cfg)
-            last_saved = f"{out_dir / 'ckpt.pt'} (step {run.step})"
-        bar.update(1)
-        bar.set_postfix_str(f"loss {loss:.3f}, lr {lr:.1e}, {tokens_per_s:,.0f} tok/s" + (
-            f", {run.skipped_steps} skipped" if run.scaler.is_enabled() else ""))
+            run.step, run.tokens = run.step + 1, run.tokens + tokens_per_step
+            run.skipped_steps += skipped
+            tokens_per_s = tokens_per_step / (time.perf_counter() - t0)
+            record = {"step": run.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                      "tokens": run.tokens, "tokens_per_s": round(tokens_per_s),
+                      "mfu": flops * tokens_per_s / (peak * world) if peak else None,
+                      "skipped_steps": run.skipped_steps}
+            if run.step % cfg.eval_interval == 0 or run.step == stop:
+                metrics = evaluate(run, splits["val"], cfg, autocast)
+                record.update({f"val_{k}": v for k, v in metrics.items() if k != "tokens"},
+                              val_ppl=math.exp(metrics["loss"]))
+            if runtime.is_main():
+                monitor.append(records, record, out_dir, f"{type(raw).__name__} on {cfg.data_dir}")
+            if run.step % cfg.ckpt_interval == 0 or run.step == stop:
+                save_run(out_dir / "ckpt.pt", run, cfg)
+                saved = run.step
+            bar.update(1)
+            bar.set_postfix_str(f"loss {loss:.3f}, lr {lr:.1e}, {tokens_per_s:,.0f} tok/s" + (
+                f", {run.skipped_steps} skipped" if run.scaler.is_enabled() else ""))
+    except (FloatingPointError, KeyboardInterrupt) as e:
+        raise stopped(e, run.step, out_dir / "ckpt.pt", saved) from None
     bar.close()
     print_end(run, cfg, metrics, time.time() - start_time)
+
+
+def stopped(reason, step, path, saved):
+    """The one line a run that stops early ends with: why, and what to do next."""
+    go_on = f"{path} holds step {saved}: go on from there with --init_from resume" if saved \
+        else "no checkpoint was written yet: start again"
+    if isinstance(reason, KeyboardInterrupt):
+        return runtime.UserError(f"interrupted during step {step + 1}; {go_on}")
+    return runtime.UserError(f"{reason} at step {step + 1}: training diverged, and nothing was "
+                             f"saved from it; {go_on}, with a lower --lr or a longer "
+                             f"--warmup_steps (or --dtype bfloat16 instead of float16)")
+
+
+def check_vocabulary(mcfg, meta):
+    """The model's vocabulary must hold every id of the data's tokenizer, and [MASK] after them."""
+    need = meta["vocab_size"] + 1
+    check_config(mcfg.vocab_size >= need, "vocab_size", mcfg.vocab_size,
+                 f"{meta['tokenizer']}'s {meta['vocab_size']:,} ids and [MASK] need {need:,} "
+                 f"(a multiple of 64 is fastest)")
 
 
 def next_batch(run, tokens, B, T, device):
@@ -315,53 +353,21 @@ def restore_run(run, checkpoint, cfg):
         run.generator.manual_seed(hash((cfg.seed, rank, run.step)))
 
 
-def rng_state(generator):
-    """Every source of randomness of this process: data order, dropout, anything else."""
-    np_state = np.random.get_state()
-    return {"python": random.getstate(),
-            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-            "data": generator.get_state()}
-
-
-def set_rng_state(state, generator):
-    random.setstate(state["python"])
-    np.random.set_state((state["numpy"][0], np.array(state["numpy"][1], dtype=np.uint32),
-                         *state["numpy"][2:]))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-    generator.set_state(state["data"])
-
-
-def gather_rng(generator):
-    """Every process's RNG states, gathered to all (rank 0 saves them)."""
-    state = rng_state(generator)
-    if not dist.is_initialized():
-        return [state]
-    states = [None] * dist.get_world_size()
-    dist.all_gather_object(states, state)
-    return states
-
-
 def resume_configs(checkpoint, mcfg, cfg, given):
     """The configs of a resumed run: the checkpoint's, with the flags given on top. A model flag
     that would change the trained model is refused, with every difference listed."""
-    saved_model = checkpoint["model_config"]
+    saved_model, saved_train = checkpoint["model_config"], checkpoint["train_config"]
     switches = ("explicit_attention", "grad_checkpointing")  # how to compute, not what: free
     diffs = [f"--{k} {getattr(mcfg, k)} (checkpoint: {v})" for k, v in saved_model.items()
              if k in given and k not in switches and getattr(mcfg, k) != v]
-    if "model" in given and cfg.model != checkpoint["train_config"]["model"]:
-        diffs.append(f"--model {cfg.model} (checkpoint: {checkpoint['train_config']['model']})")
+    if "model" in given and cfg.model != saved_train["model"]:
+        diffs.append(f"--model {cfg.model} (checkpoint: {saved_train['model']})")
     if diffs:
         raise CheckpointError(f"cannot resume: the checkpoint's model differs from the flags: "
                               f"{'; '.join(diffs)}")
-    mcfg = ModelConfig(**{**saved_model, **{k: getattr(mcfg, k) for k in switches if k in given}})
+    flags = {k: getattr(cfg if k in TRAIN_FIELDS else mcfg, k) for k in given}
     session = {"init_from": "resume", "out_dir": cfg.out_dir, "stop_at": cfg.stop_at}  # not kept
-    cfg = TrainConfig(**{**checkpoint["train_config"],
-                         **{k: getattr(cfg, k) for k in given if hasattr(cfg, k)}, **session})
-    return mcfg, cfg
+    return make_configs({**saved_model, **saved_train, **flags, **session})
 
 
 # Monitoring ---------------------------------------------------------------------------------------
@@ -404,7 +410,7 @@ def parse_args(argv=None):
     """(ModelConfig, TrainConfig, the names of the flags given). Defaults and help texts live in
     the dataclasses' fields (model.setting); BERT starts from a few defaults of its own
     (mlm.MLM.defaults), used where no flag is given."""
-    parser = runtime.Parser(description="Pretrain a GPT or a BERT.",
+    parser = runtime.Parser(prog="train.py", description="Pretrain a GPT or a BERT.",
                             argument_default=argparse.SUPPRESS)
     bert = objective_for("bert").defaults
     for cls in (ModelConfig, TrainConfig):
@@ -422,15 +428,26 @@ def parse_args(argv=None):
                 kwargs["type"] = f.type
             group.add_argument(f"--{f.name}", **kwargs)
     given = vars(parser.parse_args(argv))  # only the flags on the command line
-    settings = {**objective_for(given.get("model", "gpt")).defaults, **given}
-    try:
-        mcfg = ModelConfig(**{k: v for k, v in settings.items()
-                              if k in ModelConfig.__dataclass_fields__})
-    except ValueError as e:
-        raise runtime.ConfigError(str(e)) from None
-    cfg = TrainConfig(**{k: v for k, v in settings.items() if k in TrainConfig.__dataclass_fields__})
+    mcfg, cfg = make_configs({**objective_for(given.get("model", "gpt")).defaults, **given})
     check_settings(cfg, set(given))
     return mcfg, cfg, set(given)
+
+
+def check_config(ok, name, value, rule):
+    """model.check, as the ConfigError that programs print as one line."""
+    try:
+        check(ok, name, value, rule)
+    except ValueError as e:
+        raise runtime.ConfigError(str(e)) from None
+
+
+def make_configs(settings):
+    """(ModelConfig, TrainConfig) from {name: value}; a value they refuse is a ConfigError."""
+    try:
+        return (ModelConfig(**{k: v for k, v in settings.items() if k in MODEL_FIELDS}),
+                TrainConfig(**{k: v for k, v in settings.items() if k in TRAIN_FIELDS}))
+    except ValueError as e:
+        raise runtime.ConfigError(str(e)) from None
 
 
 def check_settings(cfg, given):
@@ -443,9 +460,4 @@ def check_settings(cfg, given):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (data.DataError, CheckpointError, runtime.ConfigError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted: continue from the last checkpoint with --init_from resume")
+    runtime.run_program(main)

@@ -1,7 +1,6 @@
 """data.py: text written by the tests goes in, exactly its tokens come out; batches are the windows
 they claim to be; and getting WikiText-2 fails clearly, or works, against a local HTTP server."""
 
-import functools
 import http.server
 import io
 import subprocess

@@ -106,7 +106,8 @@ def corpus(tmp_path_factory):
 def torchrun(corpus, out_dir, *flags):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
            "--data_dir", corpus, "--out_dir", str(out_dir), "--n_layer", "1", "--n_head", "2", "--n_embd", "32",
-           "--block_size", "16", "--batch_size", "2", "--device", "cpu", "--eval_interval", "2", *flags]
+           "--block_size", "16", "--batch_size", "2", "--device", "cpu", "--eval_interval", "2",
+           "--warmup_steps", "1", *flags]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]  # torchrun fails if either rank does
     return result
@@ -118,7 +119,8 @@ def test_torchrun_writes_from_rank_0_only_and_resumes_exactly(corpus, tmp_path):
     torchrun(corpus, tmp_path / "halves", "--max_steps", "4", "--stop_at", "2")
     torchrun(corpus, tmp_path / "halves", "--init_from", "resume")
     for d in ("straight", "halves"):
-        assert sorted(p.name for p in (tmp_path / d).iterdir()) == ["ckpt.pt", "log.jsonl", "loss.svg"]
+        written = sorted(p.name for p in (tmp_path / d).iterdir())
+        assert written == ["ckpt.pt", "log.jsonl", "loss.svg", "run.lock"]
         records = [json.loads(line) for line in (tmp_path / d / "log.jsonl").read_text().splitlines()]
         assert [r["step"] for r in records] == [1, 2, 3, 4]  # one writer: no line twice
     checkpoints = [load_checkpoint(tmp_path / d / "ckpt.pt") for d in ("straight", "halves")]

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,7 +16,7 @@ import runtime
 import sample
 import train
 from mlm import mask_tokens, mlm_loss
-from model import BERT, EOT_ID, GPT, MASK_ID, ModelConfig
+from model import BERT, GPT, MASK_ID, ModelConfig
 
 REPO = Path(__file__).parents[1]
 
@@ -151,7 +150,7 @@ def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sample")
     (folder / "text.txt").write_text("Once upon a time there was a model. " * 40, encoding="utf-8")
     flags = ["--data_dir", str(folder / "data"), "--text", str(folder / "text.txt"), "--n_layer", "1",
-             "--n_head", "2", "--n_embd", "32", "--block_size", "16", "--batch_size", "2", "--max_steps", "1",
+             "--n_head", "2", "--n_embd", "32", "--block_size", "16", "--batch_size", "2", "--max_steps", "1", "--warmup_steps", "1",
              "--device", "cpu", "--dtype", "float32"]
     for kind in ("gpt", "bert"):
         train.main(flags + ["--model", kind, "--out_dir", str(folder / kind)])

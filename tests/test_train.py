@@ -5,11 +5,8 @@ checkpoints and diverging runs stop with a clear message."""
 import io
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 from dataclasses import fields
 from pathlib import Path
@@ -22,7 +19,7 @@ import runtime
 import train
 from adamw import AdamW
 from checkpoint import CheckpointError, load_checkpoint
-from clm import CLM, clm_loss, next_token_targets
+from clm import CLM, clm_loss
 from model import GPT, ModelConfig, param_groups
 
 REPO = Path(__file__).parents[1]
@@ -193,35 +190,13 @@ def test_bert_resumes_bit_exact_too(corpus, tmp_path):
     assert [r["loss"] for r in log(tmp_path / "straight")] == [r["loss"] for r in log(tmp_path / "halves")]
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint(corpus, tmp_path):
-    out = tmp_path / "killed"
-    cmd = [sys.executable, "train.py", "--data_dir", corpus, "--out_dir", str(out), *TINY,
-           "--max_steps", "100000", "--ckpt_interval", "3"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 60
-        while not (out / "ckpt.pt").exists() and time.time() < deadline:
-            time.sleep(0.1)
-        time.sleep(0.5)  # let it write more checkpoints: the kill may land in the middle of one
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    saved = load_checkpoint(out / "ckpt.pt")  # loads cleanly
-    assert saved["step"] >= 3 and saved["step"] % 3 == 0
-    resumed = subprocess.run(cmd + ["--init_from", "resume", "--stop_at", str(saved["step"] + 2)], cwd=REPO,
-                             capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    assert load_checkpoint(out / "ckpt.pt")["step"] == saved["step"] + 2
-    assert [r["step"] for r in log(out)] == list(range(1, saved["step"] + 3))  # no step lost or doubled
-
-
 def test_training_continues_from_gpt2_weights(corpus, tmp_path):
     from test_model import gpt2_state_dict
     weights = gpt2_state_dict(V=50257, P=64, C=64, prefix="")  # the original file's keys; 64 wide: 1 head
     torch.save(weights, tmp_path / "pytorch_model.bin")
     flags = ["--data_dir", corpus, "--init_from", "gpt2", "--gpt2_path", str(tmp_path / "pytorch_model.bin"),
-             "--block_size", "32", "--batch_size", "4", "--device", "cpu", "--dtype", "float32", "--max_steps", "2"]
-    train.main(flags + ["--out_dir", str(tmp_path / "out"), "--lr", "1e-5"])
+             "--block_size", "32", "--batch_size", "4", "--device", "cpu", "--dtype", "float32", "--max_steps", "2", "--warmup_steps", "1"]
+    train.main(flags + ["--out_dir", str(tmp_path / "out"), "--lr", "1e-5", "--min_lr", "1e-6"])
     saved = load_checkpoint(tmp_path / "out/ckpt.pt")
     assert {k: saved["model_config"][k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")} == \
         {"vocab_size": 50257, "block_size": 32, "n_layer": 1, "n_head": 1, "n_embd": 64}
@@ -314,9 +289,9 @@ def test_a_truncated_checkpoint_gets_one_clear_line(corpus, tmp_path):
 def test_a_missing_checkpoint_and_an_occupied_out_dir_are_refused(corpus, tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         run(corpus, tmp_path / "nothing", "--init_from", "resume")
-    run(corpus, tmp_path, "--max_steps", "1")
+    run(corpus, tmp_path, "--max_steps", "1", "--warmup_steps", "1")
     with pytest.raises(CheckpointError, match="exists: continue it with --init_from resume"):
-        run(corpus, tmp_path, "--max_steps", "1")
+        run(corpus, tmp_path, "--max_steps", "1", "--warmup_steps", "1")
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
@@ -327,7 +302,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp
         return clm_loss(model(inputs), targets) * (float("nan") if len(calls) == 5 else 1.0)
 
     monkeypatch.setattr(CLM, "loss", nan_on_fifth_step)
-    with pytest.raises(FloatingPointError, match=r"at step 5.*Last good checkpoint: .*ckpt.pt \(step 4\)"):
+    with pytest.raises(runtime.UserError, match=r"at step 5: training diverged.*ckpt.pt holds step 4"):
         run(corpus, tmp_path, "--max_steps", "10", "--ckpt_interval", "2")
     assert load_checkpoint(tmp_path / "ckpt.pt")["step"] == 4
 

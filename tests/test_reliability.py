@@ -1,0 +1,333 @@
+"""Bad input and faults, as a user meets them: every refusal is one line that names the flag and a
+fix that exists, no traceback; a folder never changes what it holds; a full disk, a second run on
+the same --out_dir, Ctrl-C and kill -9 lose nothing that was trained."""
+
+import contextlib
+import errno
+import io
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import checkpoint
+import data
+import runtime
+import sample
+import train
+from checkpoint import load_checkpoint
+from test_train import TINY, log
+
+REPO = Path(__file__).parents[1]
+PROGRAMS = {"train.py": train.main, "sample.py": sample.main, "data.py": data.main}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A prepared text corpus, and a one-step checkpoint trained on it."""
+    folder = tmp_path_factory.mktemp("reliability")
+    (folder / "text.txt").write_text("Rain fell on the quiet town. " * 300, encoding="utf-8")
+    data.prepare(folder / "prepared", text=str(folder / "text.txt"))
+    run_quietly(["--data_dir", str(folder / "prepared"), "--out_dir", str(folder / "out"), *TINY,
+                 "--max_steps", "1", "--warmup_steps", "1"])
+    return folder
+
+
+def run_quietly(argv, program="train.py"):
+    """What `python <program> argv` does, in this process: the exit message, or None on success."""
+    try:
+        runtime.run_program(PROGRAMS[program], argv)
+    except SystemExit as e:
+        return e.code
+    return None
+
+
+@pytest.fixture(scope="module")
+def flags_of():
+    """{program: the flags its --help lists}."""
+    flags = {}
+    for program, main in PROGRAMS.items():
+        shown = io.StringIO()
+        with pytest.raises(SystemExit), contextlib.redirect_stdout(shown):
+            main(["--help"])
+        flags[program] = set(re.findall(r"--[a-z_-]+", shown.getvalue()))
+    return flags
+
+
+def flags_named(message, program):
+    """[(program, flag)] for every --flag in message; flags after `python X.py` belong to X.py."""
+    named, current = [], program
+    for part in re.split(r"(python \w+\.py)", message):
+        if part.startswith("python "):
+            current = part.removeprefix("python ")
+        else:
+            named += [(current, flag) for flag in re.findall(r"--[a-z_]+", part)]
+    return named
+
+
+def refusal(argv, program, expected, flags_of):
+    """Run a bad command; check the one-line refusal, and that the flags it names exist."""
+    message = run_quietly(argv, program)
+    assert isinstance(message, str), f"{program} {argv} was not refused"
+    assert message.startswith("error: ") and "\n" not in message, message
+    assert expected in message, message
+    for named_in, flag in flags_named(message, program):
+        typed = flag in argv  # the user's own mistake, quoted back
+        assert typed or flag in flags_of[named_in], f"{message!r} names {flag}: {named_in} lacks it"
+    return message
+
+
+# 1. Settings that would have trained wrong, silently, or ended in a traceback ---------------------
+
+NEEDS_NO_DATA = [  # (flags, what the message must say)
+    (["--stop_at", "900"], "--stop_at 900: is past --max_steps 600"),
+    (["--lr", "-0.001"], "--lr -0.001: must be positive"),
+    (["--lr", "1e-5"], "--min_lr 0.0002: must be in [0, --lr 1e-05]"),
+    (["--warmup_steps", "700"], "--warmup_steps 700: must not exceed --max_steps 600"),
+    (["--mask_prob", "0"], "--mask_prob 0.0: must be between 0 and 1"),
+    (["--mask_prob", "2"], "--mask_prob 2.0: must be between 0 and 1"),
+    (["--eval_iters", "-1"], "--eval_iters -1: must not be negative"),
+    (["--batch_size", "0"], "--batch_size 0: must be at least 1"),
+    (["--grad_accum_steps", "-2"], "--grad_accum_steps -2: must be at least 1"),
+    (["--eval_interval", "0"], "--eval_interval 0: must be at least 1"),
+    (["--ckpt_interval", "0"], "--ckpt_interval 0: must be at least 1"),
+    (["--max_steps", "0"], "--max_steps 0: must be at least 1"),
+    (["--n_head", "0"], "--n_head 0: must be at least 1"),
+    (["--n_head", "-4"], "--n_head -4: must be at least 1"),
+    (["--n_embd", "100", "--n_head", "3"], "--n_embd 100: must be a multiple of --n_head 3"),
+    (["--block_size", "1"], "--block_size 1: must be at least 2"),
+    (["--dropout", "1"], "--dropout 1.0: must be at least 0 and below 1"),
+    (["--beta2", "1"], "--beta2 1.0: must be in [0, 1)"),
+    (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
+    (["--model", "t5"], "argument --model: invalid choice: 't5'"),
+    (["--n_layer"], "argument --n_layer: expected one argument"),
+    (["--learning_rate", "1e-3"], "unrecognized arguments: --learning_rate 1e-3"),
+    (["--batchsize", "8"], "unrecognized arguments: --batchsize 8; did you mean --batch_size?"),
+]
+
+
+@pytest.mark.parametrize("flags, expected", NEEDS_NO_DATA, ids=[" ".join(f) for f, _ in NEEDS_NO_DATA])
+def test_a_bad_setting_is_refused_in_one_line(flags, expected, flags_of, tmp_path):
+    refusal(["--out_dir", str(tmp_path), *flags], "train.py", expected, flags_of)
+    assert not (tmp_path / "log.jsonl").exists()  # refused before anything was written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("program", ["train.py", "sample.py"])
+def test_a_device_that_is_not_there_is_refused(program, flags_of, corpus):
+    ckpt = ["--ckpt", str(corpus / "out/ckpt.pt")] if program == "sample.py" else []
+    refusal([*ckpt, "--device", "cuda"], program, "--device cuda: no CUDA GPU", flags_of)
+
+
+SAMPLE_CASES = [
+    (["--top_k", "0"], "--top_k must be at least 1"),
+    (["--top_p", "1.5"], "--top_p must be in (0, 1]"),
+    (["--temperature", "-1"], "--temperature must be >= 0"),
+    (["--max_new_tokens", "-5"], "--max_new_tokens -5: must be at least 1"),
+    (["--num_samples", "0"], "--num_samples 0: must be at least 1"),
+    (["--eval", "test"], "has no test split: it holds train, val"),
+    (["--eval", "validation"], "--eval validation: give val, test or the path of a text file"),
+]
+
+
+@pytest.mark.parametrize("flags, expected", SAMPLE_CASES, ids=[" ".join(f) for f, _ in SAMPLE_CASES])
+def test_a_bad_sampling_request_is_refused_in_one_line(flags, expected, flags_of, corpus):
+    refusal(["--ckpt", str(corpus / "out/ckpt.pt"), "--device", "cpu", *flags], "sample.py",
+            expected, flags_of)
+
+
+def test_perplexity_of_an_empty_file_is_refused_not_nan(flags_of, corpus, tmp_path):
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
+    refusal(["--ckpt", str(corpus / "out/ckpt.pt"), "--eval", str(tmp_path / "empty.txt")],
+            "sample.py", "holds 0 token(s): a perplexity needs at least 2", flags_of)
+
+
+def test_bad_data_settings_are_refused_in_one_line(flags_of, corpus, tmp_path):
+    refusal(["--data_dir", str(tmp_path / "d"), "--text", str(corpus / "text.txt"),
+             "--val_fraction", "1.5"], "data.py", "--val_fraction 1.5: must be between 0 and 1",
+            flags_of)
+    refusal(["--data_dir", str(tmp_path / "d"), "--text", str(tmp_path / "missing.txt")],
+            "data.py", "no such file", flags_of)
+    (tmp_path / "tiny.txt").write_text("Hi.", encoding="utf-8")
+    message = refusal(["--data_dir", str(tmp_path / "tiny"), "--text", str(tmp_path / "tiny.txt")],
+                      "train.py", "cannot be split", flags_of)
+    assert "python data.py" in message  # the fix is a command that has the flag it names
+
+
+def test_a_vocabulary_smaller_than_the_tokenizer_is_refused(flags_of, corpus, tmp_path):
+    refusal(["--data_dir", str(corpus / "prepared"), "--out_dir", str(tmp_path), *TINY,
+             "--vocab_size", "1000"], "train.py", "--vocab_size 1000: gpt2's 50,257 ids", flags_of)
+
+
+# 2. A folder never changes what it holds ------------------------------------------------------------
+
+def test_a_folder_refuses_a_corpus_it_does_not_hold(flags_of, corpus, tmp_path):
+    (tmp_path / "mine.txt").write_text("Another text entirely. " * 200, encoding="utf-8")
+    message = refusal(["--data_dir", str(corpus / "prepared"), "--text", str(tmp_path / "mine.txt")],
+                      "data.py", f"holds {corpus / 'text.txt'}", flags_of)
+    assert f"--data_dir {corpus / 'mine'}" in message  # the folder to use instead
+    from test_data import write_wikitext
+    texts, expected = write_wikitext(tmp_path / "wiki")
+    data.prepare(tmp_path / "wiki", expected=expected)
+    with pytest.raises(data.DataError, match="holds WikiText-2; prepare --text .* of its own"):
+        data.prepare(tmp_path / "wiki", text=str(tmp_path / "mine.txt"))
+    assert data.read_meta(tmp_path / "wiki")["source"]["wikitext"]  # still WikiText-2
+
+
+def test_a_prepared_folder_trains_after_its_text_moved(tmp_path):
+    (tmp_path / "notes.txt").write_text("Notes about birds and trees. " * 300, encoding="utf-8")
+    data.prepare(tmp_path / "prepared", text=str(tmp_path / "notes.txt"))
+    (tmp_path / "notes.txt").rename(tmp_path / "moved.txt")
+    assert run_quietly(["--data_dir", str(tmp_path / "prepared"), "--out_dir", str(tmp_path / "o"),
+                        *TINY, "--max_steps", "2"]) is None
+    assert load_checkpoint(tmp_path / "o/ckpt.pt")["step"] == 2
+
+
+@pytest.mark.parametrize("fault", ["data_dir is a file", "damaged meta.json", "out_dir is a file"])
+def test_a_broken_folder_is_one_clear_line(fault, flags_of, corpus, tmp_path):
+    prepared, out = str(corpus / "prepared"), str(tmp_path / "out")
+    if fault == "data_dir is a file":
+        prepared = str(corpus / "text.txt")
+        expected = f"--data_dir {prepared} is a file, not a folder"
+    elif fault == "damaged meta.json":
+        prepared = str(tmp_path / "copy")
+        Path(prepared).mkdir()
+        (Path(prepared) / "meta.json").write_text('{"tokens": {"train": 12')  # cut short
+        expected = "meta.json is damaged: delete it and run again"
+    else:
+        Path(out).write_text("not a folder")
+        expected = f"--out_dir {out} is a file, not a folder"
+    refusal(["--data_dir", prepared, "--out_dir", out, *TINY], "train.py", expected, flags_of)
+
+
+def test_a_file_system_fault_names_the_path_and_the_cause(corpus, tmp_path, monkeypatch):
+    def read_only(stream, path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path) + ".part")
+
+    monkeypatch.setattr(data, "tokenize_to_file", read_only)
+    (tmp_path / "t.txt").write_text("Some words. " * 50, encoding="utf-8")
+    message = run_quietly(["--text", str(tmp_path / "t.txt"), "--data_dir", str(tmp_path / "ro")],
+                          "data.py")
+    assert message == f"error: {tmp_path / 'ro' / 'train.bin.part'}: Permission denied"
+
+
+# 3. Advice that works ---------------------------------------------------------------------------
+
+def test_ctrl_c_says_whether_there_is_a_checkpoint_to_resume(corpus, tmp_path, monkeypatch):
+    real, calls = train.train_step, []
+
+    def interrupted_at_step(n):
+        def step(*args):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real(*args)
+        return step
+
+    flags = ["--data_dir", str(corpus / "prepared"), *TINY, "--max_steps", "9", "--ckpt_interval", "2"]
+    monkeypatch.setattr(train, "train_step", interrupted_at_step(1))
+    message = run_quietly([*flags, "--out_dir", str(tmp_path / "a")])
+    assert message == "error: interrupted during step 1; no checkpoint was written yet: start again"
+    calls.clear()
+    monkeypatch.setattr(train, "train_step", interrupted_at_step(5))
+    message = run_quietly([*flags, "--out_dir", str(tmp_path / "b")])
+    assert message.startswith("error: interrupted during step 5; ")
+    assert message.endswith("ckpt.pt holds step 4: go on from there with --init_from resume")
+    assert load_checkpoint(tmp_path / "b/ckpt.pt")["step"] == 4
+    assert not list((tmp_path / "b").glob("*.tmp"))
+
+
+# 4. The log survives a resume -------------------------------------------------------------------
+
+def test_a_damaged_log_line_loses_only_itself(corpus, tmp_path, capsys):
+    flags = ["--data_dir", str(corpus / "prepared"), "--out_dir", str(tmp_path), *TINY,
+             "--max_steps", "6"]
+    train.main([*flags, "--stop_at", "4"])
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    lines[1] = lines[1][: len(lines[1]) // 2]  # step 2's record, cut in the middle
+    (tmp_path / "log.jsonl").write_text("\n".join(lines) + "\n")
+    train.main([*flags, "--init_from", "resume"])
+    assert [r["step"] for r in log(tmp_path)] == [1, 3, 4, 5, 6]
+    printed = capsys.readouterr()
+    assert "line(s) 2 could not be read" in printed.out + printed.err
+
+
+# 5. Faults: a full disk, a busy --out_dir, kill -9 ----------------------------------------------
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_leaves_no_temporary_file(corpus, tmp_path,
+                                                                           monkeypatch):
+    real_save, saves = torch.save, []
+
+    def disk_fills_up(obj, f):
+        saves.append(1)
+        if len(saves) == 2:  # the second checkpoint: half of it fits, then the disk is full
+            f.write(b"\0" * 100_000)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, f)
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_fills_up)
+    message = run_quietly(["--data_dir", str(corpus / "prepared"), "--out_dir", str(tmp_path),
+                           *TINY, "--max_steps", "3", "--ckpt_interval", "1"])
+    assert message == (f"error: cannot write {tmp_path / 'ckpt.pt'} (No space left on device); "
+                       f"the one from before is kept: free some space, then go on with "
+                       f"--init_from resume")
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "ckpt.pt")["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "log.jsonl", "run.lock"]
+
+
+def launch(corpus, out_dir, *flags):
+    cmd = [sys.executable, "train.py", "--data_dir", str(corpus / "prepared"), "--out_dir",
+           str(out_dir), *TINY, *flags]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for(condition, seconds=60):
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_second_run_on_a_busy_out_dir_is_refused_and_the_first_completes(corpus, tmp_path,
+                                                                          flags_of):
+    first = launch(corpus, tmp_path, "--max_steps", "30", "--ckpt_interval", "1")
+    try:
+        wait_for(lambda: (tmp_path / "ckpt.pt").exists())
+        refusal(["--data_dir", str(corpus / "prepared"), "--out_dir", str(tmp_path),
+                 "--init_from", "resume"], "train.py",
+                f"--out_dir {tmp_path} is in use by another run (process id {first.pid})", flags_of)
+    finally:
+        assert first.wait(timeout=120) == 0, first.stderr.read()
+    assert [r["step"] for r in log(tmp_path)] == list(range(1, 31))
+    assert load_checkpoint(tmp_path / "ckpt.pt")["step"] == 30
+
+
+def test_killed_at_random_moments_a_run_resumes_to_the_unbroken_result(corpus, tmp_path):
+    flags = ["--max_steps", "16", "--ckpt_interval", "1", "--dropout", "0.1"]
+    train.main(["--data_dir", str(corpus / "prepared"), "--out_dir", str(tmp_path / "unbroken"),
+                *TINY, *flags])
+    out, rng, kills = tmp_path / "killed", random.Random(0), 0
+    while kills < 3:
+        resume = ["--init_from", "resume"] if (out / "ckpt.pt").exists() else []
+        before = load_checkpoint(out / "ckpt.pt")["step"] if resume else 0
+        proc = launch(corpus, out, *flags, *resume)
+        wait_for(lambda: (out / "ckpt.pt").exists() and proc.poll() is None
+                 and load_checkpoint(out / "ckpt.pt")["step"] > before)
+        time.sleep(rng.uniform(0, 0.4))  # then kill it anywhere: in a step, a save, the log
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        assert load_checkpoint(out / "ckpt.pt")["step"] < 16  # loads after every kill
+    finished = launch(corpus, out, *flags, "--init_from", "resume")
+    assert finished.wait(timeout=120) == 0, finished.stderr.read()
+    unbroken, resumed = (load_checkpoint(tmp_path / d / "ckpt.pt") for d in ("unbroken", "killed"))
+    assert all(torch.equal(unbroken["model"][k], resumed["model"][k]) for k in unbroken["model"])
+    assert [r["loss"] for r in log(tmp_path / "unbroken")] == [r["loss"] for r in log(out)]
