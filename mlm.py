@@ -109,8 +109,8 @@ class MLM:
         return tuple(torch.cat(parts) for parts in zip(*rows))  # (inputs, targets), each (B, T)
 
     def loss(self, model, inputs, targets):
-        chosen = targets != IGNORE
-        return mlm_loss(model(inputs, positions=chosen), targets[chosen])  # the sparse head
+        """mlm_loss over the chosen positions, through the sparse head and model.HeadLoss."""
+        return model(inputs, targets=targets)
 
     metrics = ("loss", "mask_loss")  # what evaluation reports
 

@@ -15,6 +15,9 @@ What this file teaches
     token embeddings (GPT-2's), or rotary embeddings (RoPE, `apply_rope`), which rotate queries
     and keys so that attention scores depend on the distance between tokens. BERT needs the
     second to learn within a lesson (README, "A BERT that learns").
+  * The head and its loss in one pass (`HeadLoss`): the largest tensor of a training step is the
+    (tokens, vocabulary) matrix of logits; computed a few rows at a time, with the gradient of
+    softmax cross-entropy written down directly, it never exists whole.
   * GPT-2's initialisation, and what a training loop asks of a model: parameter counts,
     weight-decay groups, FLOPs per token (for MFU).
 
@@ -257,8 +260,13 @@ class GPT(nn.Module):
         self.lm_head.weight = self.transformer.wte.weight
         init_weights(self)
 
-    def forward(self, idx, cache=None):
-        return self.lm_head(self.transformer(idx, cache=cache))  # (B, T, vocab_size)
+    def forward(self, idx, targets=None, cache=None):
+        """Logits (B, T, vocab_size); or, given targets (B, T), their mean cross-entropy (IGNORE
+        left out), without ever holding all the logits (HeadLoss)."""
+        x = self.transformer(idx, cache=cache)  # (B, T, C)
+        if targets is not None:
+            return head_loss(x.flatten(0, 1), self.lm_head.weight, None, targets.flatten())
+        return self.lm_head(x)  # (B, T, vocab_size)
 
     @classmethod
     def from_gpt2(cls, state_dict, n_head, dropout=0.0):
@@ -306,17 +314,75 @@ class BERT(nn.Module):
         self.head_bias = nn.Parameter(torch.zeros(config.vocab_size)) if config.bias else None
         init_weights(self)
 
-    def forward(self, idx, attention_mask=None, positions=None):
+    def forward(self, idx, attention_mask=None, positions=None, targets=None):
         """idx (B, T); attention_mask (B, T) bool, True at real tokens (padded keys are ignored);
         positions (B, T) bool: score only these. Returns logits (B, T, V), or (N, V) for the N
-        positions."""
+        positions; or, given targets (B, T) (IGNORE where nothing was chosen), the mean
+        cross-entropy at the chosen positions, through HeadLoss."""
         x = self.transformer(idx, key_mask=attention_mask)  # (B, T, C)
+        if targets is not None:
+            positions = targets != IGNORE
         if positions is not None:
             # Sparse prediction (Geiping & Goldstein 2023, "Cramming"): only the chosen positions
             # go through the head, so the 50k-way projection is never computed for the others.
             x = x[positions]  # (N, C)
         x = self.head_ln(self.head_gelu(self.head_dense(x)))
+        if targets is not None:
+            return head_loss(x, self.transformer.wte.weight, self.head_bias, targets[positions])
         return F.linear(x, self.transformer.wte.weight, self.head_bias)  # (B, T, V) or (N, V)
+
+
+class HeadLoss(torch.autograd.Function):
+    """Mean cross-entropy of the logits x @ weight^T + bias against targets, IGNORE left out, in
+    one pass that computes the gradients too. Equal to F.cross_entropy on the full logits, in value
+    and gradient (tests/test_model.py), but faster and smaller: most of the default GPT's step
+    outside the matmuls goes to the (2,048 x 50,304) logits' softmax and its backward (README,
+    Performance).
+
+    The gradient of softmax cross-entropy with respect to one row's logits z is
+    softmax(z) - onehot(target). So each chunk of rows computes its logits, turns them into that
+    gradient in place, and multiplies it straight into the gradients of x, weight and bias; the
+    chunk's logits are then freed. Backward only scales what forward computed."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, targets, rows):
+        scored = targets != IGNORE  # (N,)
+        n = scored.sum().clamp(min=1)
+        chosen = targets.clamp(min=0)[:, None]  # (N, 1): an index for every row (IGNORE: 0)
+        keep = any(ctx.needs_input_grad[:3])  # under torch.no_grad(): the loss only
+        exact = torch.promote_types(weight.dtype, torch.float32)  # softmax and sums: fp32 at least
+        loss = torch.zeros((), dtype=exact, device=x.device)
+        if keep:
+            grad_x, grad_w = torch.zeros_like(x), torch.zeros_like(weight)
+            grad_b = None if bias is None else torch.zeros_like(bias, dtype=exact)
+        for s in range(0, len(x), rows):
+            r = slice(s, s + rows)
+            logits = F.linear(x[r], weight, bias)  # (rows, V), bfloat16 under autocast
+            p = F.softmax(logits.to(exact), dim=-1)
+            p_target = p.gather(1, chosen[r]).squeeze(1)  # (rows,)
+            loss -= p_target.log().masked_fill(~scored[r], 0).sum()
+            if keep:
+                p.scatter_add_(1, chosen[r], -torch.ones_like(p_target)[:, None])
+                p[~scored[r]] = 0  # now p - onehot: d(this row's loss) / d(its logits)
+                grad_x[r] = p @ weight  # (rows, C)
+                grad_w += p.T @ x[r]  # (V, C)
+                if bias is not None:
+                    grad_b += p.sum(0)  # (V,)
+        if keep:  # the mean over the scored rows
+            ctx.grads = [None if g is None else g / n for g in (grad_x, grad_w, grad_b)]
+        return loss / n
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grads = [None if g is None else g * grad_loss for g in ctx.grads]
+        return *grads, None, None
+
+
+def head_loss(x, weight, bias, targets, rows=1024):
+    """HeadLoss on x (N, C) and targets (N,), `rows` rows at a time: 1,024 x 50,304 float32
+    logits are 206 MB, half of the default GPT's whole (2,048 x 50,304) matrix; smaller chunks
+    save more memory but make slower matmuls (README, Performance)."""
+    return HeadLoss.apply(x, weight, bias, targets, rows)
 
 
 def init_weights(model):

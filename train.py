@@ -76,7 +76,8 @@ class TrainConfig:
     grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: no clipping)")
     mask_prob: float = setting(0.15, "BERT: share of tokens chosen for prediction")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
-        "auto", "auto: bfloat16 on recent GPUs, float16 on old ones, float32 on CPUs")
+        "auto", "auto: bfloat16 where fast (recent GPUs, some CPUs), else float16 on GPUs, "
+        "float32 on CPUs")
     device: Literal["auto", "cpu", "cuda", "mps"] = setting("auto", "auto: cuda, mps, then cpu")
     eval_interval: int = setting(200, "evaluate every this many steps, and at the end")
     eval_iters: int = setting(0, "batches per evaluation (0: the whole val split, exactly)")

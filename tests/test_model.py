@@ -131,6 +131,58 @@ def test_rope_has_no_position_table():
     assert model.num_params(rope, include_position=False) == model.num_params(rope)
 
 
+# 2c. The head and its loss in one pass ------------------------------------------------------------
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("rows", [7, 64, 1000])  # chunks that do not divide the rows, one chunk
+def test_head_loss_equals_cross_entropy_on_the_full_logits(bias, rows):
+    g = torch.Generator().manual_seed(0)
+    N, C, V = 50, 8, 31
+    x = torch.randn(N, C, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(V, C, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(V, dtype=torch.float64, generator=g, requires_grad=True) if bias else None
+    targets = torch.randint(0, V, (N,), generator=g)
+    targets[[3, 17, 49]] = model.IGNORE  # rows that do not count
+    grads = {}
+    for name, loss_fn in (("plain", lambda: F.cross_entropy(F.linear(x, w, b), targets)),
+                          ("fused", lambda: model.head_loss(x, w, b, targets, rows))):
+        loss = loss_fn()
+        (3.0 * loss).backward()  # a gradient flowing in from above is scaled through
+        grads[name] = [loss.detach()] + [t.grad.clone() for t in (x, w, b) if t is not None]
+        for t in (x, w, b):
+            if t is not None:
+                t.grad = None
+    for plain, fused in zip(grads["plain"], grads["fused"]):
+        torch.testing.assert_close(fused, plain, atol=1e-12, rtol=0)
+    with torch.no_grad():  # evaluation: the same loss, no gradients kept
+        torch.testing.assert_close(model.head_loss(x, w, b, targets, rows), grads["plain"][0])
+
+
+@pytest.mark.parametrize("cls", [GPT, BERT])
+def test_each_model_computes_its_loss_as_its_objective_writes_it(cls):
+    """model(inputs, targets) (the fused head) against clm_loss / mlm_loss on the logits."""
+    from clm import clm_loss, next_token_targets
+    from mlm import mask_tokens, mlm_loss
+    torch.manual_seed(0)
+    m = cls(tiny(vocab_size=300)).double()
+    idx = random_ids(4, 16, high=256)
+    if cls is GPT:
+        inputs, targets = idx, next_token_targets(idx)
+        reference = lambda: clm_loss(m(inputs), targets)
+    else:
+        inputs, targets = mask_tokens(idx, torch.Generator().manual_seed(0), 0.3, eot_id=256)
+        chosen = targets != model.IGNORE
+        reference = lambda: mlm_loss(m(inputs, positions=chosen), targets[chosen])
+    results = []
+    for loss_fn in (reference, lambda: m(inputs, targets=targets)):
+        m.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        results.append([loss.detach()] + [p.grad.clone() for p in m.parameters()])
+    for plain, fused in zip(*results):
+        torch.testing.assert_close(fused, plain, atol=1e-12, rtol=0)
+
+
 # 3. Sizes, tying and parameter groups ------------------------------------------------------------
 
 def block_params(C):
