@@ -85,8 +85,10 @@ def timed(fn, warmup, repeats, device):
 def build(row, device):
     """(the row's model on the device, its objective, the batch size for this device)."""
     config, cpu_batch, gpu_batch = SIZES[row["size"]]
-    config = ModelConfig(**config, explicit_attention=row.get("explicit", False))
     objective = objective_for(row.get("model", "gpt"))
+    starts_from = {k: v for k, v in objective.defaults.items()  # BERT's RoPE and LayerNorm
+                   if k in ModelConfig.__dataclass_fields__}
+    config = ModelConfig(**config, **starts_from, explicit_attention=row.get("explicit", False))
     torch.manual_seed(0)
     model = objective.Model(config).to(device)
     return model, objective, cpu_batch if device.type == "cpu" else gpu_batch

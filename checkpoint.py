@@ -39,7 +39,7 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be used or written; the message says why and what to do."""
 
 
-def objective_for(kind, mask_prob=0.15):
+def objective_for(kind, mask_prob=MLM.mask_prob):
     """GPT learns by next-token prediction (clm.py), BERT by masked LM (mlm.py)."""
     return CLM() if kind == "gpt" else MLM(mask_prob)
 

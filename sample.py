@@ -15,8 +15,9 @@ attention is causal: the keys and values of earlier tokens never change. So keep
 attention over the cache, instead of a forward pass over the whole prefix.
 With learned absolute positions the cache has a limit: once the text is longer than block_size,
 the window slides and every kept token moves to a new position, which invalidates all cached keys
-and values; from then on each step recomputes the window (models with relative positions, such as
-RoPE, avoid this; see EXERCISES.md). With and without the cache, the tokens are the same.
+and values; from then on each step recomputes the window. (With rotary positions, `--position
+rope`, a cache could drop its oldest entries instead: EXERCISES.md, exercise 4, asks why.) With
+and without the cache, the tokens are the same.
 
 Fill-mask (BERT): put [MASK] in the prompt; the model scores every vocabulary entry at each [MASK].
 

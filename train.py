@@ -74,7 +74,8 @@ class TrainConfig:
     beta2: float = setting(0.95, "AdamW: averaging of squared gradients (GPT-3: 0.95)")
     eps: float = setting(1e-8, "AdamW: keeps the division finite")
     grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: no clipping)")
-    mask_prob: float = setting(0.15, "BERT: share of tokens chosen for prediction")
+    mask_prob: float = setting(0.3, "BERT: share of tokens chosen for prediction (BERT's "
+                               "paper: 0.15; README, \"A BERT that learns\")")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
         "auto", "auto: bfloat16 where fast (recent GPUs, some CPUs), else float16 on GPUs, "
         "float32 on CPUs")

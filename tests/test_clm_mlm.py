@@ -120,3 +120,29 @@ def test_sparse_mlm_loss_equals_dense_mlm_loss():
     by_hand = -torch.stack([F.log_softmax(logits[b, t], -1)[labels[b, t]] for b, t in chosen.nonzero()]).mean()
     torch.testing.assert_close(dense, by_hand)
     torch.testing.assert_close(sparse, by_hand)
+
+
+def test_evaluation_reports_the_loss_at_mask_positions_apart_from_the_copyable_ones():
+    """A model that copies its input and knows nothing else: at the 10% of chosen tokens left
+    unchanged it is right for free, so the classic MLM loss flatters it; at [MASK] it can only
+    guess, and the loss there is log V, exactly."""
+    from mlm import MLM
+    V, eot = 128, 64  # ids 0..63 are text, <|endoftext|> 64, [MASK] 65
+
+    def copier(idx, positions):
+        seen = idx[positions]  # (N,): the input token at each scored position
+        logits = torch.zeros(len(seen), V)
+        text = seen < eot
+        logits[text.nonzero().flatten(), seen[text]] = 50.0  # certain it is what it sees
+        return logits  # at [MASK]: all zeros, a uniform guess
+
+    objective = MLM(eot_id=eot)
+    tokens = torch.randint(0, eot, (400, 32), generator=torch.Generator().manual_seed(0))
+    inputs, targets = objective.eval_batch(tokens, starts=range(0, 400 * 32, 32))
+    sums = objective.eval_sums(copier, inputs, targets)
+    (loss, n), (at_mask, n_mask) = sums["loss"], sums["mask_loss"]
+    assert at_mask / n_mask == pytest.approx(math.log(V), abs=1e-5)
+    assert n_mask / n == pytest.approx(0.8, abs=0.03)  # the [MASK] share of the chosen tokens
+    # The classic number: [MASK] log V, kept tokens ~0, random ones about 50 nats (sure of the
+    # wrong token): about 0.8 log V + 0.1 * 50 = 8.9, whatever the model knows about text.
+    assert loss / n == pytest.approx(0.8 * math.log(V) + 0.1 * 50, abs=0.8)
