@@ -289,14 +289,33 @@ class GPT(nn.Module):
                              f"unexpected {sorted(set(sd) - expected)}")
         if lm_head is not None and not torch.equal(lm_head, sd["wte.weight"]):
             raise ValueError("lm_head.weight differs from wte.weight, but GPT-2 ties them")
-        # GPT-2's code keeps its linear layers as "Conv1D", weight (in, out); nn.Linear's is
-        # (out, in): transpose exactly these four per block.
-        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
-                  "mlp.c_proj.weight")
-        ours = {"transformer." + k: (v.t() if k.endswith(conv1d) else v) for k, v in sd.items()}
+        ours = {"transformer." + k: (v.t() if k.endswith(CONV1D) else v) for k, v in sd.items()}
         ours["lm_head.weight"] = ours["transformer.wte.weight"]
         model.load_state_dict(ours)
         return model
+
+    def to_gpt2(self):
+        """The inverse of from_gpt2: this GPT's weights under GPT2LMHeadModel's names and
+        shapes, as Hugging Face saves them (the tied lm_head.weight left out). Only GPT-2's
+        architecture has such a state dict: learned positions and no embedding LayerNorm. A model
+        without biases gets zero ones, which compute the same."""
+        c = self.config
+        if c.position != "learned" or c.embedding_layernorm:
+            raise ValueError("GPT-2 has learned positions and no embedding LayerNorm; this model "
+                             f"has --position {c.position}"
+                             + (" and --embedding_layernorm" if c.embedding_layernorm else ""))
+        sd = {k: (v.t() if k.endswith(CONV1D) else v) for k, v in self.state_dict().items()
+              if k != "lm_head.weight"}
+        if not c.bias:  # Conv1D weights are (in, out) now and LayerNorm gains (C,): bias (out,)
+            gains = CONV1D + ("ln_1.weight", "ln_2.weight", "ln_f.weight")
+            sd |= {k.removesuffix("weight") + "bias": torch.zeros(v.size(-1), dtype=v.dtype)
+                   for k, v in sd.items() if k.endswith(gains)}
+        return {k: v.detach().clone() for k, v in sd.items()}
+
+
+# GPT-2's code keeps its linear layers as "Conv1D", weight (in, out); nn.Linear's is (out, in):
+# from_gpt2 and to_gpt2 transpose exactly these four per block.
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 class BERT(nn.Module):

@@ -25,12 +25,15 @@ Perplexity: --eval val|test|file.txt runs data.evaluate, the exact pass over eve
 the text. For a BERT it reports the masked-LM loss with fixed masks and its exponential, a
 "pseudo-perplexity" (not Salazar et al.'s, which masks one token at a time).
 
+Export: --export_hf DIR writes a GPT in Hugging Face's format (export.py), for transformers.
+
 Run:
     python sample.py --prompt "The history of the"                 (the GPT in out/ckpt.pt)
     python sample.py --ckpt out-bert/ckpt.pt --prompt "The capital of France is [MASK] ."
     python sample.py --eval test                                    perplexity on the test split
     python sample.py --init_from gpt2 --prompt "Hello"              OpenAI's GPT-2 (124M)
-Read next: EXERCISES.md.
+    python sample.py --export_hf out/hf                             for transformers
+Read next: export.py, then EXERCISES.md.
 """
 
 import codecs
@@ -44,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 import data
+import export
 import runtime
 from checkpoint import GPT2_PATH, load_checkpoint, load_gpt2, load_model
 from checkpoint import objective_for
@@ -180,6 +184,9 @@ def main(argv=None):
     if device.type == "cpu":
         runtime.keep_freed_memory()
     model, objective, data_dir = load(args, device)
+    if args.export_hf:
+        paths = export.export_hf(model.cpu(), args.export_hf)
+        return print(f"exported to {args.export_hf}/: {', '.join(p.name for p in paths)}")
     if args.eval:
         return perplexity(model, objective, args.eval, data_dir, device, dtype)
     ids = encode_prompt(args.prompt)
@@ -247,6 +254,8 @@ def parse_args(argv):
     add("--no_stop", action="store_true", help="go on past <|endoftext|>")
     add("--eval", default=None, help="val, test or a .txt file: print the loss and perplexity")
     add("--data_dir", default=None, help="for --eval val/test (default: the checkpoint's)")
+    add("--export_hf", default=None, metavar="DIR",
+        help="write the GPT and its tokenizer to DIR in Hugging Face's format (export.py)")
     add("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1 or args.num_samples < 1:

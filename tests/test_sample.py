@@ -183,6 +183,7 @@ def test_perplexity_of_a_text_is_the_exact_mean_next_token_loss(checkpoints, cap
     ("gpt", ["--top_p", "0"], "--top_p must be in (0, 1]"),
     ("gpt", ["--top_p", "1.2"], "--top_p must be in (0, 1]"),
     ("gpt", ["--top_k", "0"], "--top_k must be at least 1"),
+    ("bert", ["--export_hf", "unused"], "--export_hf: this checkpoint is a BERT"),
 ])
 def test_bad_input_gets_one_clear_line(checkpoints, ckpt, flags, message):
     with pytest.raises(runtime.ConfigError) as error:

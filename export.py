@@ -1,0 +1,152 @@
+"""
+export.py: a GPT trained here, written in Hugging Face's format, so that `transformers`, the Hub
+and the tools built on them (text-generation servers, llama.cpp's converters) can use it. It takes
+one job out of sample.py, which runs it (`--export_hf DIR`).
+
+What a model folder holds
+  * config.json: the architecture by name (GPT2LMHeadModel) and its sizes. Our GPT is GPT-2's
+    architecture, so the numbers map one to one: n_positions is our block_size, "gelu_new" is
+    GPT-2's tanh approximation of GELU (ours too), LayerNorm eps 1e-5, tied embeddings.
+  * model.safetensors: the weights. The format is simple enough to write by hand
+    (`write_safetensors`): 8 bytes giving the header's length (little-endian), a JSON header
+    naming each tensor with its dtype, shape and byte range, then the raw bytes. Unlike a pickled
+    torch file it runs no code when loaded, and it can be memory-mapped. The names and shapes are
+    GPT-2's: `model.GPT.to_gpt2`, the inverse of `GPT.from_gpt2`.
+  * vocab.json and merges.txt: GPT-2's tokenizer in the form Hugging Face reads it
+    (`tokenizer_files`). tiktoken stores a byte-level BPE as ranks: token bytes -> id, lower
+    ranks merged first. Hugging Face stores the same BPE as the list of merges in order, written
+    with a printable character standing for each byte (`byte_to_unicode`).
+
+The vocabulary is cut from our 50,304 rows (GPT-2's 50,257, [MASK], padding to a multiple of 64)
+to the tokenizer's 50,257: no text encodes to the others, sample.py never draws them, and a
+pipeline that could draw one would have nothing to decode it to.
+
+Run:       python sample.py --ckpt out/ckpt.pt --export_hf out/hf
+Read next: README, "Take your GPT elsewhere" (loading the folder with transformers).
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+import data
+from model import BERT
+from runtime import ConfigError
+
+
+def export_hf(model, out_dir):
+    """Write model (a GPT) and GPT-2's tokenizer to out_dir in Hugging Face's layout; returns the
+    paths written."""
+    if isinstance(model, BERT):
+        raise ConfigError("--export_hf: this checkpoint is a BERT. Ours is pre-LayerNorm, Hugging "
+                          "Face's BertModel post-LayerNorm: no config maps one onto the other. "
+                          "Only a GPT exports")
+    enc = data.tokenizer()
+    if model.config.vocab_size < enc.n_vocab:
+        raise ConfigError(f"--export_hf: the model knows {model.config.vocab_size} ids, fewer than "
+                          f"GPT-2's tokenizer ({enc.n_vocab}): it was not trained on GPT-2 tokens")
+    try:
+        weights = model.to_gpt2()
+    except ValueError as e:
+        raise ConfigError(f"--export_hf: {e}") from None
+    wte = weights["transformer.wte.weight"]
+    weights["transformer.wte.weight"] = wte[: enc.n_vocab]  # the rows no text encodes to: cut
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ranks = {token: enc.encode_single_token(token) for token in enc.token_byte_values()}
+    files = {"config.json": json.dumps(gpt2_config(model.config, enc.n_vocab, enc.eot_token),
+                                       indent=2),
+             **tokenizer_files(ranks, enc.eot_token, model.config.block_size)}
+    for name, text in files.items():
+        (out_dir / name).write_text(text, encoding="utf-8")
+    write_safetensors(out_dir / "model.safetensors", weights)
+    return [out_dir / name for name in (*files, "model.safetensors")]
+
+
+def gpt2_config(config, vocab_size, eot_id):
+    """config.json for transformers' GPT2LMHeadModel, our ModelConfig's numbers under its names."""
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+            "vocab_size": vocab_size, "n_positions": config.block_size,
+            "n_embd": config.n_embd, "n_layer": config.n_layer, "n_head": config.n_head,
+            "n_inner": 4 * config.n_embd,  # model.MLP widens 4x
+            "activation_function": "gelu_new",  # GELU, tanh approximation (model.MLP)
+            "layer_norm_epsilon": 1e-5,  # nn.LayerNorm's default, as GPT-2's
+            "resid_pdrop": config.dropout, "embd_pdrop": config.dropout,
+            "attn_pdrop": config.dropout, "initializer_range": 0.02,
+            "bos_token_id": eot_id, "eos_token_id": eot_id, "tie_word_embeddings": True,
+            "torch_dtype": "float32"}
+
+
+def write_safetensors(path, tensors):
+    """{name: tensor} to a .safetensors file. Every tensor is written as float32 (a model trained
+    in bfloat16 keeps float32 weights anyway), little-endian, one after another; the header gives
+    each one's byte range. The header is padded with spaces to a multiple of 8 bytes, so that the
+    data starts 8-byte aligned (the format's advice for memory-mapping)."""
+    header, offset, blobs = {"__metadata__": {"format": "pt"}}, 0, []
+    for name, tensor in tensors.items():
+        values = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
+        blob = values.astype("<f4").tobytes()  # little-endian, whatever this machine's order
+        header[name] = {"dtype": "F32", "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + len(blob)]}
+        offset += len(blob)
+        blobs.append(blob)
+    text = json.dumps(header).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    part = Path(str(path) + ".part")
+    with open(part, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for blob in blobs:
+            f.write(blob)
+    part.replace(path)  # never a half-written model.safetensors
+
+
+def byte_to_unicode():
+    """{byte: character}, GPT-2's printable stand-in for each byte (its encoder.py). The 188 bytes
+    that are printable Latin-1 characters stand for themselves; the other 68 (controls, space,
+    ...) take the characters from 256 on, in order. So every token is a string of visible
+    characters: " the" is written "Ġthe" (Ġ is 256 + 32, the space's stand-in)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
+
+
+def bpe_parts(ranks, token, max_rank):
+    """Byte-level BPE of `token` (bytes) with only the merges ranked below max_rank: start from
+    single bytes and keep joining the adjacent pair whose union has the lowest rank."""
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 1:
+        joined = [(ranks.get(a + b, max_rank), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+        rank, i = min(joined)
+        if rank >= max_rank:
+            break
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+    return parts
+
+
+def tokenizer_files(ranks, eot_id, max_length):
+    """{file name: text} of GPT-2's tokenizer in Hugging Face's form, from tiktoken's ranks
+    ({token bytes: id}). Each multi-byte token was made by one merge, of the two tokens that BPE
+    stops at when it may use only the merges ranked below the token's own."""
+    char = byte_to_unicode()
+
+    def spell(token):
+        return "".join(char[b] for b in token)
+
+    vocab = {spell(token): rank for token, rank in ranks.items()}
+    vocab["<|endoftext|>"] = eot_id
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        if len(token) > 1:
+            left, right = bpe_parts(ranks, token, rank)  # exactly two parts, by construction
+            merges.append(f"{spell(left)} {spell(right)}")
+    special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+               "unk_token": "<|endoftext|>"}
+    config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": max_length,
+              "add_prefix_space": False, **special}
+    return {"vocab.json": json.dumps(vocab, ensure_ascii=False),
+            "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n",
+            "tokenizer_config.json": json.dumps(config, indent=2),
+            "special_tokens_map.json": json.dumps(special, indent=2)}
