@@ -155,10 +155,11 @@ def test_the_same_generator_state_gives_the_same_batches(counting):
 
 def test_mlm_batches_are_masked_training_windows(counting):
     g = torch.Generator().manual_seed(2)
-    inputs, labels = MLM().train_batch(data.get_batch(counting, 8, 64, g), g)
+    objective = MLM()
+    inputs, labels = objective.train_batch(data.get_batch(counting, 8, 64, g), g)
     chosen = labels != -100
     assert inputs.shape == labels.shape == (8, 64)
-    assert torch.all(chosen.sum(1) == round(64 * 0.15))
+    assert torch.all(chosen.sum(1) == round(64 * objective.mask_prob))
     original = torch.where(chosen, labels, inputs)  # put the hidden tokens back
     assert torch.all(original[:, 1:] - original[:, :-1] == 1)
 
