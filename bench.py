@@ -8,11 +8,14 @@ Rows, each measured in a fresh process so that its peak memory is its own:
     BERT with the sparse MLM head (only the chosen positions are scored) and the dense one;
   * one optimizer step alone: the hand-written AdamW (adamw.py) against torch.optim.AdamW;
   * generating from a 1-token prompt with and without the KV cache: 127 new tokens (the default
-    model's whole window), 256 (the window slides), and 64 at GPT-2 size.
+    model's whole window), 256 (the window slides), and 64 at GPT-2 size;
+  * cleaning a corpus (clean.py, on all cores): 200 MB of generated text with copies and near
+    copies, and WikiText-2's train articles with planted copies (if data/wikitext-2 holds them).
 Tokens/s counts the tokens that went through the model; MFU (model FLOPs utilisation: achieved
 FLOP/s over the device's peak, PaLM appendix B) only where monitor.PEAK_FLOPS knows the device.
 
 Run:       python bench.py                        (a few minutes on a 2-core CPU)
+           python bench.py --only clean           (the cleaning rows only)
            python bench.py --device cuda --dtype bfloat16
 Read next: README.md, where the measured tables are.
 """
@@ -24,9 +27,12 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
+import clean
 import monitor
 import runtime
 import sample
@@ -61,6 +67,8 @@ ROWS = {  # name: what to measure
     "generate gpt2-124M 64 tokens cache": dict(task="generate", size="gpt2-124M", new=64,
                                                cache=True),
     "generate gpt2-124M 64 tokens no-cache": dict(task="generate", size="gpt2-124M", new=64),
+    "clean 200 MB of generated text": dict(task="clean", megabytes=200),
+    "clean WikiText-2 train with planted copies": dict(task="clean", wikitext=True),
 }
 
 
@@ -147,14 +155,89 @@ def bench_generate(row, device, dtype):
     return {"tokens/s": new / seconds, "ms/step": 1000 * seconds / new}
 
 
+def generated_corpus(path, megabytes, seed=0):
+    """Documents of ordinary-looking sentences (Zipf-distributed words), separated by lines of
+    <|endoftext|>; one in 20 an exact copy of an earlier one, one in 20 a copy with 1% of its
+    words changed. Returns the number of documents."""
+    rng = np.random.default_rng(seed)
+    vocab = np.array([f"w{i}o" * (1 + i % 3) for i in range(20_000)])  # words of 3 to 12 letters
+    p = 1 / np.arange(1, len(vocab) + 1)
+    n, docs = 0, []
+    with open(path, "w", encoding="utf-8") as f:
+        while f.tell() < megabytes * 2**20:
+            if docs and rng.random() < 0.1:  # a copy, half of them changed a little
+                words = list(docs[rng.integers(len(docs))])
+                if rng.random() < 0.5:
+                    for i in rng.integers(0, len(words), len(words) // 100):
+                        words[i] = "changed"
+            else:
+                words = list(vocab[rng.choice(len(vocab), rng.integers(300, 3000), p=p / p.sum())])
+                docs = (docs + [words])[-1000:]  # copies come from the last 1,000 documents
+            sentences = [" ".join(words[i:i + 12]).capitalize() + "."
+                         for i in range(0, len(words), 12)]
+            f.write("\n".join(" ".join(sentences[i:i + 4]) for i in range(0, len(sentences), 4)))
+            f.write("\n<|endoftext|>\n")
+            n += 1
+    return n
+
+
+def wikitext_corpus(path, seed=0):
+    """WikiText-2's train articles (data/wikitext-2/wiki.train.tokens), roughly detokenized
+    (" , " to ", " and so on: exercise 8 does it properly), then 60 exact copies of articles,
+    60 copies with 1% of their words changed and 60 with 2%, each after its original."""
+    import data
+    source = Path("data/wikitext-2/wiki.train.tokens")
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: prepare WikiText-2 v1 first (README, Offline)")
+    with open(source, encoding="utf-8") as f:
+        articles = [a for a in data.wikitext_documents(f) if a.strip()]
+    for marked, plain in ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), (" , ", ", "),
+                          (" . ", ". "), (" ; ", "; "), (" : ", ": "), (" 's ", "'s ")):
+        articles = [a.replace(marked, plain) for a in articles]
+    rng = np.random.default_rng(seed)
+    copies = {}
+    for n, share in enumerate((0.0,) * 60 + (0.01,) * 60 + (0.02,) * 60):
+        words = articles[int(rng.integers(len(articles)))].split(" ")
+        for i in rng.choice(len(words), round(share * len(words)), replace=False):
+            words[i] = "changed"
+        copies.setdefault(int(rng.integers(len(articles))), []).append(" ".join(words))
+    with open(path, "w", encoding="utf-8") as f:
+        for i, article in enumerate(articles):
+            for doc in [article, *copies.get(i, [])]:  # a copy may come before its original
+                f.write(doc.strip() + "\n<|endoftext|>\n")
+
+
+def bench_clean(row, device, dtype):
+    """clean.py over a generated corpus, on all cores: MB/s and what was kept."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/corpus.txt"
+        if row.get("wikitext"):
+            wikitext_corpus(path)
+        else:
+            generated_corpus(path, row["megabytes"])
+        cleaner = clean.Cleaner()
+        start = time.perf_counter()
+        for _ in clean.clean_all(clean.documents(path), cleaner):
+            pass
+        seconds = time.perf_counter() - start
+    report = cleaner.report
+    removed = {rule: entry.get("documents", entry.get("lines"))
+               for rule, entry in report["rules"].items()}
+    return {"MB/s": report["characters"] / 2**20 / seconds, "documents": report["documents"],
+            "kept": report["kept_documents"], "removed": removed}
+
+
 def measure(name, device, dtype):
     row = ROWS[name]
-    task = {"train": bench_train, "adamw": bench_adamw, "generate": bench_generate}[row["task"]]
+    task = {"train": bench_train, "adamw": bench_adamw, "generate": bench_generate,
+            "clean": bench_clean}[row["task"]]
     result = task(row, device, dtype)
     if device.type == "cuda":
         result["peak memory (MB)"] = torch.cuda.max_memory_allocated() / 2**20
-    else:  # the process's peak resident memory (Linux reports KB), Python and torch included
-        result["peak memory (MB)"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    else:  # the peak resident memory of this process, or of its largest child (Linux: KB)
+        result["peak memory (MB)"] = max(resource.getrusage(who).ru_maxrss / 1024 for who in
+                                         (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     return result
 
 
@@ -181,24 +264,29 @@ def main(argv=None):
     print("| row | tokens/s | ms/step | MFU | peak memory (MB) |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for row in ROWS:
-        if args.only in row:
-            print_row(row, args)
+        if args.only in row and ROWS[row]["task"] != "clean":
+            print_row(row, args, ("tokens/s", "ms/step", "MFU", "peak memory (MB)"))
+    print("\n| row | MB/s | documents | kept | peak memory (MB) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    removed = {row: print_row(row, args, ("MB/s", "documents", "kept", "peak memory (MB)"))
+               for row in ROWS if args.only in row and ROWS[row]["task"] == "clean"}
+    for row, r in removed.items():
+        if r:
+            print(f"\n{row}, removed: " + ", ".join(f"{k} {v:,}" for k, v in r["removed"].items()))
 
 
-def print_row(row, args):
-    """Measure one row in a child process and print it as a line of README's table."""
+def print_row(row, args, columns):
+    """Measure one row in a child process, print it as a line of README's table, return it."""
     out = subprocess.run([sys.executable, __file__, "--row", row, "--device", args.device,
                           "--dtype", args.dtype], capture_output=True, text=True)
     if out.returncode != 0:
-        print(f"| {row} | failed: {out.stderr.strip().splitlines()[-1]} | | | |", flush=True)
-        return
+        print(f"| {row} | failed: {out.stderr.strip().splitlines()[-1]} |" + " |" * 3, flush=True)
+        return None
     r = json.loads(out.stdout.strip().splitlines()[-1])
-
-    def fmt(key, spec):
-        return "" if r.get(key) is None else format(r[key], spec)
-
-    print(f"| {row} | {fmt('tokens/s', ',.0f')} | {fmt('ms/step', ',.1f')} | {fmt('MFU', '.1%')} | "
-          f"{fmt('peak memory (MB)', ',.0f')} |", flush=True)
+    formats = {"MFU": ".1%", "ms/step": ",.1f", "MB/s": ",.1f"}
+    cells = ["" if r.get(c) is None else format(r[c], formats.get(c, ",.0f")) for c in columns]
+    print(f"| {row} | {' | '.join(cells)} |", flush=True)
+    return r
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ data.py: from text on disk to blocks of token ids, and the exact evaluation pass
 
 The pipeline, one function per step:
   1. Documents. WikiText-2 (Merity et al. 2016) is split into its articles (`wikitext_documents`);
-     your own text is one document per .txt file, read in pieces (`text_pieces`).
+     your own text is one document per .txt file, cleaned, filtered and deduplicated first
+     (clean.py; `--no_clean` reads it as it is, in pieces: `text_pieces`).
   2. Tokenize with GPT-2's byte-pair encoding (tiktoken's "gpt2", `tokenizer`): frequent byte
      sequences are merged into single ids, so common words are one token and rare words a few;
      any text can be encoded.
@@ -58,6 +59,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import clean
 import fetch
 import runtime
 from fetch import SPLITS, DataError
@@ -166,10 +168,30 @@ def wikitext_stream(path):
 
 
 def text_stream(files):
-    """Your own text: each file one document, followed by <|endoftext|>."""
+    """Your own text as it is: each file one document, followed by <|endoftext|>."""
     for path in files:
         yield from text_pieces(path)
         yield EOT_ID
+
+
+def cleaned_stream(files, cleaner):
+    """Your own text through clean.py: the documents it keeps, each followed by <|endoftext|>."""
+    for kept in clean.clean_all(read_documents(files), cleaner):
+        yield kept
+        yield EOT_ID
+    if not cleaner.report["kept_documents"]:
+        clean.print_report(cleaner.report)
+        raise DataError(f"cleaning kept none of the {cleaner.report['documents']} documents (the "
+                        f"table above says why): train on the text as it is with --no_clean")
+
+
+def read_documents(files):
+    for path in tqdm(files, desc="cleaning", unit="file"):
+        try:
+            yield from clean.documents(path)
+        except UnicodeDecodeError:
+            raise DataError(f"{path} is not UTF-8 text: convert it first (e.g. iconv -t utf-8)") \
+                from None
 
 
 def text_files(text):
@@ -183,18 +205,21 @@ def text_files(text):
 
 
 def prepare(data_dir, text=None, val_fraction=None, variant="raw", mirrors=fetch.MIRRORS,
-            expected=None):
+            expected=None, clean_text=None):
     """Make sure data_dir holds train.bin, val.bin (and test.bin for WikiText) for the chosen
     corpus; tokenize only when they are missing or their source changed. Returns meta.json's
-    contents. A folder made from your text remembers it (and val_fraction, default 0.1): later
-    calls need neither, and a folder never silently changes what it holds: another source is
-    refused, with the folder to use instead."""
+    contents. A folder made from your text remembers it, with val_fraction (default 0.1) and
+    clean_text (default True: clean.py before tokenizing): later calls need none of them, and a
+    folder never silently changes what it holds: another source is refused, with the folder to
+    use instead."""
     data_dir = runtime.make_folder(data_dir, "data_dir")
     old = read_meta(data_dir)
     remembered = old["source"] if old else {}
     text = check_same_source(data_dir, remembered, text)
     if val_fraction is None:
         val_fraction = remembered.get("val_fraction", 0.1)
+    if clean_text is None:  # a folder made before cleaning existed stays as it was made
+        clean_text = remembered.get("clean", "text" not in remembered)
     ready = old is not None and complete(data_dir, old)
     if text and not Path(text).exists() and ready:  # the text moved; what was made from it stays
         print(f"data: {text} is gone; using the .bin files prepared from it in {data_dir}/")
@@ -202,7 +227,7 @@ def prepare(data_dir, text=None, val_fraction=None, variant="raw", mirrors=fetch
     if text:
         files = text_files(text)
         source = {"text": str(Path(text).resolve()), "val_fraction": val_fraction,
-                  "sha256": {str(f): fetch.sha256(f) for f in files}}
+                  "clean": clean_text, "sha256": {str(f): fetch.sha256(f) for f in files}}
     else:
         paths = fetch.wikitext(data_dir, variant, mirrors, expected, download=not ready)
         if paths is None:  # the source files are gone, but what was made from them is still here
@@ -214,8 +239,12 @@ def prepare(data_dir, text=None, val_fraction=None, variant="raw", mirrors=fetch
         print(f"data: {data_dir}/*.bin are up to date")
         return old
     start = time.time()
-    if text:
-        tokens = split_train_val(text_stream(files), data_dir, val_fraction, text)
+    if text:  # the held-out part is cut after deduplication: no near-copy across the split
+        cleaner = clean.Cleaner() if clean_text else None
+        stream = cleaned_stream(files, cleaner) if cleaner else text_stream(files)
+        tokens = split_train_val(stream, data_dir, val_fraction, text)
+        if cleaner:
+            report_cleaning(cleaner.report, data_dir)
     else:
         tokens = {s: tokenize_to_file(wikitext_stream(paths[s]), data_dir / f"{s}.bin")
                   for s in SPLITS}
@@ -224,6 +253,14 @@ def prepare(data_dir, text=None, val_fraction=None, variant="raw", mirrors=fetch
             "seconds": round(time.time() - start, 2)}
     (data_dir / "meta.json").write_text(json.dumps(meta, indent=1))
     return meta
+
+
+def report_cleaning(report, data_dir):
+    """Print what cleaning removed and write it to data_dir/cleaning.json."""
+    clean.print_report(report)
+    path = Path(data_dir) / "cleaning.json"
+    path.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    print(f"cleaning: report in {path}")
 
 
 def read_meta(data_dir):
@@ -360,6 +397,8 @@ def main(argv=None):
                         help="your own .txt file or folder of .txt files (default: WikiText-2)")
     parser.add_argument("--val_fraction", type=float, default=None,
                         help="share of your text held out for val (0.1)")
+    parser.add_argument("--no_clean", action="store_true",
+                        help="keep your text as it is: no cleaning, filtering or deduplication")
     parser.add_argument("--variant", choices=("raw", "v1"), default="raw",
                         help="WikiText-2 variant to download")
     parser.add_argument("--mirror", default=fetch.MIRRORS[0],
@@ -369,7 +408,7 @@ def main(argv=None):
         raise runtime.ConfigError(f"--val_fraction {args.val_fraction}: must be between 0 and 1")
     start = time.time()
     meta = prepare(args.data_dir, args.text, args.val_fraction, args.variant,
-                   mirrors=(args.mirror,))
+                   mirrors=(args.mirror,), clean_text=False if args.no_clean else None)
     for split, n in meta["tokens"].items():
         print(f"{split:>5}: {n:>10,} tokens  -> {Path(args.data_dir) / (split + '.bin')}")
     print(f"done in {time.time() - start:.1f} s; tokenizing took {meta['seconds']} s; "

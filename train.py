@@ -57,6 +57,7 @@ class TrainConfig:
     model: Literal["gpt", "bert"] = setting("gpt", "gpt: causal LM (clm.py); bert: masked LM")
     data_dir: str = setting("data/wikitext-2", "the corpus's .bin files (data.py prepares them)")
     text: str = setting("", "your own .txt file or folder, instead of WikiText-2")
+    no_clean: bool = setting(False, "--text as it is: no cleaning or deduplication (clean.py)")
     out_dir: str = setting("out", "where ckpt.pt, log.jsonl and loss.svg go")
     init_from: Literal["scratch", "resume", "gpt2"] = setting(
         "scratch", "resume: out_dir/ckpt.pt; gpt2: OpenAI's weights")
@@ -155,7 +156,7 @@ def train(mcfg, cfg, checkpoint, device, dtype):
     """Set up a run (data, model, optimizer, counters: fresh or from the checkpoint), then loop."""
     rank, world = runtime.rank_and_world()
     if rank == 0:
-        data.prepare(cfg.data_dir, cfg.text or None)
+        data.prepare(cfg.data_dir, cfg.text or None, clean_text=False if cfg.no_clean else None)
     if world > 1:
         dist.barrier()  # the others wait until rank 0 has prepared the data
     check_vocabulary(mcfg, data.read_meta(cfg.data_dir))

@@ -93,7 +93,7 @@ def test_your_own_text_is_split_into_train_and_val(tmp_path):
     corpus.mkdir()
     (corpus / "a.txt").write_text("First file. " * 50, encoding="utf-8")
     (corpus / "b.txt").write_text("Second file, a little longer. " * 60, encoding="utf-8")
-    meta = data.prepare(tmp_path / "prepared", text=str(corpus), val_fraction=0.2)
+    meta = data.prepare(tmp_path / "prepared", text=str(corpus), val_fraction=0.2, clean_text=False)
     enc = data.tokenizer()
     everything = enc.encode_ordinary("First file. " * 50) + [EOT_ID] + enc.encode_ordinary(
         "Second file, a little longer. " * 60) + [EOT_ID]

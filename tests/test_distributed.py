@@ -99,7 +99,7 @@ def test_two_processes_equal_one_process_with_twice_the_accumulation(tmp_path, k
 def corpus(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ddp")
     (folder / "text.txt").write_text("Two processes share the work of one. " * 300, encoding="utf-8")
-    data.prepare(folder / "prepared", text=str(folder / "text.txt"))
+    data.prepare(folder / "prepared", text=str(folder / "text.txt"), clean_text=False)
     return str(folder / "prepared")
 
 

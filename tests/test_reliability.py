@@ -33,7 +33,7 @@ def corpus(tmp_path_factory):
     """A prepared text corpus, and a one-step checkpoint trained on it."""
     folder = tmp_path_factory.mktemp("reliability")
     (folder / "text.txt").write_text("Rain fell on the quiet town. " * 300, encoding="utf-8")
-    data.prepare(folder / "prepared", text=str(folder / "text.txt"))
+    data.prepare(folder / "prepared", text=str(folder / "text.txt"), clean_text=False)
     run_quietly(["--data_dir", str(folder / "prepared"), "--out_dir", str(folder / "out"), *TINY,
                  "--max_steps", "1", "--warmup_steps", "1"])
     return folder
@@ -155,8 +155,10 @@ def test_bad_data_settings_are_refused_in_one_line(flags_of, corpus, tmp_path):
     refusal(["--data_dir", str(tmp_path / "d"), "--text", str(tmp_path / "missing.txt")],
             "data.py", "no such file", flags_of)
     (tmp_path / "tiny.txt").write_text("Hi.", encoding="utf-8")
-    message = refusal(["--data_dir", str(tmp_path / "tiny"), "--text", str(tmp_path / "tiny.txt")],
-                      "train.py", "cannot be split", flags_of)
+    message = refusal(["--data_dir", str(tmp_path / "tiny"), "--text", str(tmp_path / "tiny.txt"),
+                       "--no_clean"], "train.py", "cannot be split", flags_of)
+    refusal(["--data_dir", str(tmp_path / "tiny2"), "--text", str(tmp_path / "tiny.txt")],
+            "train.py", "cleaning kept none of the 1 documents", flags_of)
     assert "python data.py" in message  # the fix is a command that has the flag it names
 
 
@@ -182,7 +184,7 @@ def test_a_folder_refuses_a_corpus_it_does_not_hold(flags_of, corpus, tmp_path):
 
 def test_a_prepared_folder_trains_after_its_text_moved(tmp_path):
     (tmp_path / "notes.txt").write_text("Notes about birds and trees. " * 300, encoding="utf-8")
-    data.prepare(tmp_path / "prepared", text=str(tmp_path / "notes.txt"))
+    data.prepare(tmp_path / "prepared", text=str(tmp_path / "notes.txt"), clean_text=False)
     (tmp_path / "notes.txt").rename(tmp_path / "moved.txt")
     assert run_quietly(["--data_dir", str(tmp_path / "prepared"), "--out_dir", str(tmp_path / "o"),
                         *TINY, "--max_steps", "2"]) is None

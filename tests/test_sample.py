@@ -150,7 +150,7 @@ def checkpoints(tmp_path_factory):
     """A one-step GPT and BERT checkpoint, trained on a small text."""
     folder = tmp_path_factory.mktemp("sample")
     (folder / "text.txt").write_text("Once upon a time there was a model. " * 40, encoding="utf-8")
-    flags = ["--data_dir", str(folder / "data"), "--text", str(folder / "text.txt"), "--n_layer", "1",
+    flags = ["--data_dir", str(folder / "data"), "--text", str(folder / "text.txt"), "--no_clean", "--n_layer", "1",
              "--n_head", "2", "--n_embd", "32", "--block_size", "16", "--batch_size", "2", "--max_steps", "1", "--warmup_steps", "1",
              "--device", "cpu", "--dtype", "float32"]
     for kind in ("gpt", "bert"):

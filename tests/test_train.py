@@ -35,7 +35,7 @@ def corpus(tmp_path_factory):
     sentences = ["The cat sat on the mat.", "A dog ran in the park.", "Birds sing in the morning.",
                  "The sun is warm today.", "We read a book at night."]
     (folder / "text.txt").write_text(" ".join(sentences[i * 7 % 5] for i in range(400)), encoding="utf-8")
-    data.prepare(folder / "prepared", text=str(folder / "text.txt"))
+    data.prepare(folder / "prepared", text=str(folder / "text.txt"), clean_text=False)
     return str(folder / "prepared")
 
 
