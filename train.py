@@ -8,7 +8,7 @@ One optimizer step, as `loop` runs it:
      up in .grad; with several processes they are averaged across them on the last micro-batch
      only (`train_step`);
   3. unscale the gradients, measure their global norm and clip it;
-  4. the AdamW update (`AdamW`, written out below), skipped by the scaler if fp16 overflowed;
+  4. the AdamW update (adamw.py), skipped by the scaler if fp16 overflowed;
   5. monitoring: loss, learning rate, gradient norm, tokens/s, MFU, skipped steps; a NaN stops
      the run; evaluation on the validation split; a checkpoint that makes resuming exact.
 The objective (clm.CLM for GPT, mlm.MLM for BERT) makes the batches and the loss; the loop is the
