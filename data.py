@@ -109,8 +109,11 @@ def read_utf8(f, n):
     try:
         return f.read(n)
     except UnicodeDecodeError:
-        raise DataError(f"{f.name} is not UTF-8 text: convert it first (e.g. iconv -t utf-8)") \
-            from None
+        raise not_utf8(f.name) from None
+
+
+def not_utf8(path):
+    return DataError(f"{path} is not UTF-8 text: convert it first (e.g. iconv -t utf-8)")
 
 
 # 2. Byte-pair encoding ----------------------------------------------------------------------------
@@ -190,8 +193,7 @@ def read_documents(files):
         try:
             yield from clean.documents(path)
         except UnicodeDecodeError:
-            raise DataError(f"{path} is not UTF-8 text: convert it first (e.g. iconv -t utf-8)") \
-                from None
+            raise not_utf8(path) from None
 
 
 def text_files(text):
