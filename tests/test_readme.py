@@ -11,7 +11,8 @@ CONCEPTS = ["causal vs masked LM", "15% chosen, 80/10/10", "next-token shift and
             "BPE tokenization", "end-of-text token", "memory-mapped token files", "weight init",
             "decoupled weight decay", "warmup", "gradient clipping", "mixed precision and loss scaling",
             "gradient accumulation", "checkpointing", "monitoring", "data-parallel training",
-            "activation (gradient) checkpointing", "perplexity", "sampling"]
+            "activation (gradient) checkpointing", "perplexity", "sampling", "cleaning and filtering",
+            "deduplication", "Hugging Face model format"]
 
 
 def concept_map():
