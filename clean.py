@@ -132,11 +132,14 @@ def many_symbols(doc):
     return None if ratio <= 0.1 else f"{ratio:.2f} symbols per word (at most 0.1)"
 
 
+BULLETS = ("•", "●", "○", "■", "□", "▪", "·", "-", "*")
+
+
 def bullet_or_ellipsis_lines(doc):
     """Gopher: at most 90% of lines start with a bullet, at most 30% end with an ellipsis
     (menus, lists of links, teasers)."""
     lines = [line for line in doc["text"].split("\n") if line]
-    bullets = sum(line.startswith(("•", "●", "○", "■", "□", "▪", "-", "*", "·")) for line in lines)
+    bullets = sum(line.startswith(BULLETS) for line in lines)
     ellipses = sum(line.endswith(("...", "…")) for line in lines)
     if bullets > 0.9 * len(lines):
         return f"{bullets / len(lines):.0%} of lines start with a bullet (at most 90%)"
