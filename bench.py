@@ -26,6 +26,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 import clean
+import data
 import monitor
 import runtime
 import sample
@@ -184,8 +186,8 @@ def generated_corpus(path, megabytes, seed=0):
 def wikitext_corpus(path, seed=0):
     """WikiText-2's train articles (data/wikitext-2/wiki.train.tokens), roughly detokenized
     (" , " to ", " and so on: exercise 8 does it properly), then 60 exact copies of articles,
-    60 copies with 1% of their words changed and 60 with 2%, each after its original."""
-    import data
+    60 copies with 1% of their words changed and 60 with 2%, each placed after a random article
+    (so a copy may come before its original: then the original is the one dropped)."""
     source = Path("data/wikitext-2/wiki.train.tokens")
     if not source.exists():
         raise FileNotFoundError(f"{source}: prepare WikiText-2 v1 first (README, Offline)")
@@ -203,13 +205,12 @@ def wikitext_corpus(path, seed=0):
         copies.setdefault(int(rng.integers(len(articles))), []).append(" ".join(words))
     with open(path, "w", encoding="utf-8") as f:
         for i, article in enumerate(articles):
-            for doc in [article, *copies.get(i, [])]:  # a copy may come before its original
+            for doc in [article, *copies.get(i, [])]:
                 f.write(doc.strip() + "\n<|endoftext|>\n")
 
 
 def bench_clean(row, device, dtype):
-    """clean.py over a generated corpus, on all cores: MB/s and what was kept."""
-    import tempfile
+    """clean.py over a corpus written for the row, on all cores: MB/s and what was kept."""
     with tempfile.TemporaryDirectory() as folder:
         path = f"{folder}/corpus.txt"
         if row.get("wikitext"):
@@ -260,18 +261,18 @@ def main(argv=None):
     threads = f"{device}, {torch.get_num_threads()} threads"
     name = torch.cuda.get_device_name() if device == "cuda" else threads
     print(f"device: {name}; dtype: {str(dtype).removeprefix('torch.')}; "
-          f"torch {torch.__version__}\n")
-    print("| row | tokens/s | ms/step | MFU | peak memory (MB) |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for row in ROWS:
-        if args.only in row and ROWS[row]["task"] != "clean":
-            print_row(row, args, ("tokens/s", "ms/step", "MFU", "peak memory (MB)"))
-    print("\n| row | MB/s | documents | kept | peak memory (MB) |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    removed = {row: print_row(row, args, ("MB/s", "documents", "kept", "peak memory (MB)"))
-               for row in ROWS if args.only in row and ROWS[row]["task"] == "clean"}
-    for row, r in removed.items():
-        if r:
+          f"torch {torch.__version__}")
+    chosen = [row for row in ROWS if args.only in row]
+    results = {}
+    for columns, rows in ((("tokens/s", "ms/step", "MFU", "peak memory (MB)"),
+                           [r for r in chosen if ROWS[r]["task"] != "clean"]),
+                          (("MB/s", "documents", "kept", "peak memory (MB)"),
+                           [r for r in chosen if ROWS[r]["task"] == "clean"])):
+        if rows:  # one table per kind of row, with the columns that kind measures
+            print(f"\n| row | {' | '.join(columns)} |\n| --- |" + " ---: |" * len(columns))
+            results |= {row: print_row(row, args, columns) for row in rows}
+    for row, r in results.items():
+        if r and "removed" in r:
             print(f"\n{row}, removed: " + ", ".join(f"{k} {v:,}" for k, v in r["removed"].items()))
 
 
