@@ -328,14 +328,15 @@ def examine(raw):
     lines = text.split("\n")
     dropped = [line for line in lines if "javascript" in line.lower()]
     if dropped:
-        text = "\n".join(line for line in lines if "javascript" not in line.lower())
+        lines = [line for line in lines if "javascript" not in line.lower()]
+        text = "\n".join(lines)
     doc = describe(text)
     problem = quality_problem(doc)
     if problem:
         return {"raw": len(raw), "text": text, "dropped": dropped, "problem": problem}
     return {"raw": len(raw), "text": text, "dropped": dropped, "problem": None, "key": key(text),
             "signature": signature(doc["ids"]),
-            "lines": {line: key(line) for line in text.split("\n") if long_line(line)}}
+            "lines": {line: key(line) for line in lines if long_line(line)}}
 
 
 class Cleaner:
