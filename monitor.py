@@ -14,6 +14,7 @@ import json
 from xml.sax.saxutils import escape
 
 import torch
+from tqdm import tqdm
 
 PEAK_FLOPS = {  # dense bf16/fp16 tensor-core FLOP/s from NVIDIA's data sheets, matched in names
     "H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12,
@@ -47,10 +48,13 @@ def read_log(path, upto):
 
 def start_log(path, step):
     """The log a session continues: its records up to `step` (none for a fresh run), written back
-    without the steps that will be done again. Returns (records, damaged line numbers)."""
+    without the steps that will be done again."""
     records, damaged = read_log(path, upto=step) if step > 0 else ([], [])
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return records, damaged
+    if damaged:
+        tqdm.write(f"note: {path}: line(s) {', '.join(map(str, damaged))} could not be read and "
+                   f"were left out; every other record is kept")
+    return records
 
 
 def append(records, record, out_dir, title):

@@ -14,12 +14,14 @@ Read next: train.py.
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import difflib
 import functools
 import os
 import re
 import sys
 import time
+import typing
 from pathlib import Path
 
 import torch
@@ -61,6 +63,22 @@ class Parser(argparse.ArgumentParser):
         near = {m for flag in unknown for m in difflib.get_close_matches(flag, options, n=1)}
         guess = f"; did you mean {' or '.join(sorted(near))}?" if near else ""
         raise ConfigError(f"{message}{guess} (see: python {self.prog} --help)")
+
+    def add_config(self, cls, notes):
+        """A --flag for each field of the dataclass cls: its type, its choices (a Literal), its
+        help text (model.setting) and default; notes[name] is added to a field's default."""
+        group = self.add_argument_group(cls.__name__)
+        for f in dataclasses.fields(cls):
+            default = f"{f.default}" + (f"; {notes[f.name]}" if f.name in notes else "")
+            help_text = f.metadata["help"].replace("%", "%%")  # argparse reads % as a format
+            kwargs = {"help": f"{help_text} (default: {default})"}
+            if f.type is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            elif typing.get_origin(f.type) is typing.Literal:
+                kwargs["choices"] = typing.get_args(f.type)
+            else:
+                kwargs["type"] = f.type
+            group.add_argument(f"--{f.name}", **kwargs)
 
 
 def pick_device(name):

@@ -32,9 +32,9 @@ Read next: sample.py (using what you trained).
 import argparse
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, get_args, get_origin
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -197,7 +197,7 @@ def loop(run, splits, cfg, device, dtype):
     peak = monitor.peak_flops(device, dtype)
     print_start(raw, splits, cfg, device, dtype, world)
     out_dir, start_time, metrics = Path(cfg.out_dir), time.time(), {}
-    records = start_log(out_dir / "log.jsonl", run.step)
+    records = monitor.start_log(out_dir / "log.jsonl", run.step) if runtime.is_main() else []
     saved = run.step  # the step of the checkpoint on disk (0: none yet)
     bar = tqdm(total=stop, initial=run.step, desc=f"training {cfg.model}", unit="step",
                disable=not runtime.is_main())
@@ -375,17 +375,6 @@ def resume_configs(checkpoint, mcfg, cfg, given):
 
 # Monitoring ---------------------------------------------------------------------------------------
 
-def start_log(path, step):
-    """The log's records up to `step`; rank 0 writes them back (the rest will be done again)."""
-    if not runtime.is_main():
-        return []
-    records, damaged = monitor.start_log(path, step)
-    if damaged:
-        say(f"note: {path}: line(s) {', '.join(map(str, damaged))} could not be read and were "
-            f"left out; every other record is kept")
-    return records
-
-
 def print_start(raw, splits, cfg, device, dtype, world):
     T, B, accum = raw.config.block_size, cfg.batch_size, cfg.grad_accum_steps
     say(f"{type(raw).__name__}: {num_params(raw) / 1e6:.2f}M parameters "
@@ -415,21 +404,9 @@ def parse_args(argv=None):
     (mlm.MLM.defaults), used where no flag is given."""
     parser = runtime.Parser(prog="train.py", description="Pretrain a GPT or a BERT.",
                             argument_default=argparse.SUPPRESS)
-    bert = objective_for("bert").defaults
+    bert = {k: f"with --model bert: {v}" for k, v in objective_for("bert").defaults.items()}
     for cls in (ModelConfig, TrainConfig):
-        group = parser.add_argument_group(cls.__name__)
-        for f in fields(cls):
-            default = f"{f.default}" + (f"; with --model bert: {bert[f.name]}" if f.name in bert
-                                        else "")
-            help_text = f.metadata["help"].replace("%", "%%")  # argparse reads % as a format
-            kwargs = {"help": f"{help_text} (default: {default})"}
-            if f.type is bool:
-                kwargs["action"] = argparse.BooleanOptionalAction
-            elif get_origin(f.type) is Literal:
-                kwargs["choices"] = get_args(f.type)
-            else:
-                kwargs["type"] = f.type
-            group.add_argument(f"--{f.name}", **kwargs)
+        parser.add_config(cls, bert)
     given = vars(parser.parse_args(argv))  # only the flags on the command line
     mcfg, cfg = make_configs({**objective_for(given.get("model", "gpt")).defaults, **given})
     check_settings(cfg, set(given))
