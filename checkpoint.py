@@ -8,7 +8,8 @@ checks, and turns it into a model again.
   * `save_checkpoint`: atomic (a temporary file, flushed, then renamed over the old one);
   * `load_checkpoint`: refuses what is not a checkpoint, with one line that says why;
   * `objective_for`: the one place that maps the model kind (--model gpt|bert) to its objective;
-  * `load_model`: a checkpoint's model with its trained weights; `load_gpt2`: OpenAI's GPT-2;
+  * `load_model`: a checkpoint's model with its trained weights, objective and tokenizer;
+    `load_gpt2`: OpenAI's GPT-2;
   * `rng_state`, `gather_rng`, `set_rng_state`: every random number generator of every process,
     saved and restored, so that a resumed run draws what the unbroken one would have.
 
@@ -24,10 +25,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import data
 import fetch
 from clm import CLM
 from mlm import MLM
-from model import GPT, ModelConfig
+from model import EOT_ID, GPT, ModelConfig
 from runtime import UserError
 
 GPT2_PATH = "data/gpt2/pytorch_model.bin"  # where --init_from gpt2 finds (or downloads) GPT-2
@@ -39,9 +41,10 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be used or written; the message says why and what to do."""
 
 
-def objective_for(kind, mask_prob=MLM.mask_prob):
-    """GPT learns by next-token prediction (clm.py), BERT by masked LM (mlm.py)."""
-    return CLM() if kind == "gpt" else MLM(mask_prob)
+def objective_for(kind, mask_prob=MLM.mask_prob, eot_id=EOT_ID):
+    """GPT learns by next-token prediction (clm.py), BERT by masked LM (mlm.py), whose masking
+    needs to know the tokenizer's <|endoftext|> id (eot_id)."""
+    return CLM() if kind == "gpt" else MLM(mask_prob, eot_id)
 
 
 @contextlib.contextmanager
@@ -107,13 +110,14 @@ def load_checkpoint(path):
 
 
 def load_model(checkpoint, model_config=None):
-    """(model with the checkpoint's weights, on the CPU; its objective). model_config: the
-    checkpoint's own unless given (a resumed run may change how the model computes)."""
-    train_config = checkpoint["train_config"]
-    objective = objective_for(train_config["model"], train_config["mask_prob"])
+    """(model with the checkpoint's weights, on the CPU; its objective; its tokenizer).
+    model_config: the checkpoint's own unless given (a resumed run may change how the model
+    computes). A checkpoint without a trained tokenizer (or older than them) used GPT-2's."""
+    train_config, enc = checkpoint["train_config"], data.tokenizer(checkpoint.get("tokenizer"))
+    objective = objective_for(train_config["model"], train_config["mask_prob"], enc.eot_token)
     model = objective.Model(model_config or ModelConfig(**checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model"])
-    return model, objective
+    return model, objective, enc
 
 
 def load_gpt2(path, block_size, dropout):

@@ -5,12 +5,13 @@ The pipeline, one function per step:
   1. Documents. WikiText-2 (Merity et al. 2016) is split into its articles (`wikitext_documents`);
      your own text is one document per .txt file, cleaned, filtered and deduplicated first
      (clean.py; `--no_clean` reads it as it is, in pieces: `text_pieces`).
-  2. Tokenize with GPT-2's byte-pair encoding (tiktoken's "gpt2", `tokenizer`): frequent byte
-     sequences are merged into single ids, so common words are one token and rare words a few;
-     any text can be encoded.
-  3. Concatenate the documents with <|endoftext|> (id 50256) after each, so the model learns where
-     one text ends and an unrelated one begins, and write the ids as uint16 (every id < 65536) to
-     train.bin / val.bin / test.bin, with meta.json beside them (`prepare`).
+  2. Tokenize with a byte-pair encoding (`tokenizer`): frequent byte sequences are merged into
+     single ids, so common words are one token and rare words a few; any text can be encoded.
+     By default GPT-2's (tiktoken's "gpt2"); with --vocab_size N, one trained by bpe.py on the
+     training text and saved beside the .bin files as tokenizer.bpe (`train_tokenizer`).
+  3. Concatenate the documents with <|endoftext|> (GPT-2's id 50256) after each, so the model
+     learns where one text ends and an unrelated one begins, and write the ids as uint16 (every
+     id < 65536) to train.bin / val.bin / test.bin, with meta.json beside them (`prepare`).
   4. Read blocks of block_size tokens from the files through numpy.memmap: the OS pages in only
      the bytes a batch touches, so a corpus far bigger than RAM trains the same way (`get_batch`).
      An objective (clm.py, mlm.py) turns the blocks into inputs and targets.
@@ -45,6 +46,8 @@ Getting WikiText-2 (download, line counts, SHA-256) is fetch.py's job.
 
 Run:       python data.py                               (WikiText-2 into data/wikitext-2)
            python data.py --text notes.txt --data_dir data/notes   (your own text, 10% held out)
+           python data.py --text notes.txt --data_dir data/notes-2k --vocab_size 2048
+                                                        (the same, with a tokenizer of its own)
 Read next: train.py, the loop that consumes these blocks.
 """
 
@@ -59,13 +62,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import bpe
 import clean
 import fetch
 import runtime
 from fetch import SPLITS, DataError
-from model import EOT_ID
 
 TEXT_BATCH = 4 << 20  # characters of text handed to the tokenizer at once (some MB of ids)
+END = None  # in a stream of text pieces: the end of a document, written as <|endoftext|>
 
 
 # 1. Documents -------------------------------------------------------------------------------------
@@ -119,7 +123,7 @@ def not_utf8(path):
 # 2. Byte-pair encoding ----------------------------------------------------------------------------
 
 @functools.cache
-def tokenizer():
+def gpt2_tokenizer():
     import tiktoken
     try:
         return tiktoken.get_encoding("gpt2")
@@ -129,12 +133,40 @@ def tokenizer():
                         f"files") from None
 
 
+def tokenizer(vocab=None):
+    """A tiktoken.Encoding: GPT-2's, or (vocab: the tokens bpe.train learned) a trained one. Its
+    eot_token is <|endoftext|>; [MASK] is the id after it (model.py)."""
+    return gpt2_tokenizer() if vocab is None else bpe.encoding(vocab)
+
+
+def read_vocab(data_dir):
+    """The tokens of data_dir's trained tokenizer, or None: the folder uses GPT-2's."""
+    path = Path(data_dir) / "tokenizer.bpe"
+    return bpe.load(path) if path.exists() else None
+
+
+def train_tokenizer(stream, data_dir, vocab_size, max_chars=float("inf")):
+    """Train a BPE (bpe.py) on the text of a stream, its first max_chars characters only (the
+    part that becomes the training split), and save it as data_dir/tokenizer.bpe."""
+    def training_text():
+        chars = 0
+        for item in stream:
+            if chars >= max_chars:
+                return
+            if item is not END:
+                chars += len(item)
+                yield item
+    vocab = bpe.train(bpe.count_chunks(training_text()), vocab_size)
+    bpe.save(vocab, Path(data_dir) / "tokenizer.bpe")
+    return tokenizer(vocab)
+
+
 # 3. Tokenize and store ----------------------------------------------------------------------------
 
-def tokenize_to_file(stream, path):
-    """Tokenize a stream of text pieces and EOT_ID markers (ints) into a uint16 file; returns the
-    number of tokens. Pieces are encoded a few MB at a time, in parallel (tiktoken's batch API)."""
-    enc = tokenizer()
+def tokenize_to_file(stream, path, enc):
+    """Tokenize a stream of text pieces and END markers into a uint16 file with the tokenizer enc;
+    returns the number of tokens. Pieces are encoded a few MB at a time, in parallel (tiktoken's
+    batch API)."""
     part = path.with_name(path.name + ".part")
     with open(part, "wb") as f, tqdm(desc=f"tokenizing {path.name}", unit="tok",
                                      unit_scale=True) as bar:
@@ -144,7 +176,7 @@ def tokenize_to_file(stream, path):
             texts = [item for item in batch if isinstance(item, str)]
             encoded = iter(enc.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1))
             ids = [i for item in batch
-                   for i in (next(encoded) if isinstance(item, str) else [item])]
+                   for i in (next(encoded) if isinstance(item, str) else [enc.eot_token])]
             np.array(ids, dtype=np.uint16).tofile(f)
             bar.update(len(ids))
             batch.clear()
@@ -167,21 +199,21 @@ def wikitext_stream(path):
         for doc in wikitext_documents(f):
             if doc.strip():
                 yield doc
-                yield EOT_ID
+                yield END
 
 
 def text_stream(files):
     """Your own text as it is: each file one document, followed by <|endoftext|>."""
     for path in files:
         yield from text_pieces(path)
-        yield EOT_ID
+        yield END
 
 
 def cleaned_stream(files, cleaner):
     """Your own text through clean.py: the documents it keeps, each followed by <|endoftext|>."""
     for kept in clean.clean_all(read_documents(files), cleaner):
         yield kept
-        yield EOT_ID
+        yield END
     if not cleaner.report["kept_documents"]:
         clean.print_report(cleaner.report)
         raise DataError(f"cleaning kept none of the {cleaner.report['documents']} documents (the "
@@ -206,30 +238,30 @@ def text_files(text):
     return files
 
 
-def prepare(data_dir, text=None, val_fraction=None, variant="raw", mirrors=fetch.MIRRORS,
-            expected=None, clean_text=None):
+def prepare(data_dir, text=None, *, val_fraction=None, clean_text=None, vocab_size=None,
+            variant="raw", mirrors=fetch.MIRRORS, expected=None):
     """Make sure data_dir holds train.bin, val.bin (and test.bin for WikiText) for the chosen
     corpus; tokenize only when they are missing or their source changed. Returns meta.json's
-    contents. A folder made from your text remembers it, with val_fraction (default 0.1) and
-    clean_text (default True: clean.py before tokenizing): later calls need none of them, and a
-    folder never silently changes what it holds: another source is refused, with the folder to
-    use instead."""
+    contents. A folder remembers what it was made from: your text, with val_fraction (default
+    0.1) and clean_text (default True: clean.py before tokenizing), and vocab_size (default: GPT-2's
+    tokenizer, none trained). Later calls need none of them, and a folder never silently changes
+    what it holds: another source is refused, with the folder to use instead."""
     data_dir = runtime.make_folder(data_dir, "data_dir")
     old = read_meta(data_dir)
     remembered = old["source"] if old else {}
     text = check_same_source(data_dir, remembered, text)
-    if val_fraction is None:
-        val_fraction = remembered.get("val_fraction", 0.1)
-    if clean_text is None:  # a folder made before cleaning existed stays as it was made
-        clean_text = remembered.get("clean", "text" not in remembered)
     ready = old is not None and complete(data_dir, old)
     if text and not Path(text).exists() and ready:  # the text moved; what was made from it stays
         print(f"data: {text} is gone; using the .bin files prepared from it in {data_dir}/")
         return old
+    if clean_text is None:  # a folder made before cleaning existed stays as it was made
+        clean_text = remembered.get("clean", "text" not in remembered)
     if text:
         files = text_files(text)
-        source = {"text": str(Path(text).resolve()), "val_fraction": val_fraction,
-                  "clean": clean_text, "sha256": {str(f): fetch.sha256(f) for f in files}}
+        source = {"text": str(Path(text).resolve()),
+                  "val_fraction": val_fraction or remembered.get("val_fraction", 0.1),
+                  "clean": clean_text,
+                  "sha256": {str(f.resolve()): fetch.sha256(f) for f in files}}
     else:
         paths = fetch.wikitext(data_dir, variant, mirrors, expected, download=not ready)
         if paths is None:  # the source files are gone, but what was made from them is still here
@@ -237,24 +269,72 @@ def prepare(data_dir, text=None, val_fraction=None, variant="raw", mirrors=fetch
             return old
         source = {"wikitext": {s: p.name for s, p in paths.items()},
                   "sha256": {s: fetch.sha256(p) for s, p in paths.items()}}
+    if vocab_size or remembered.get("vocab_size"):
+        source["vocab_size"] = check_vocab_size(vocab_size or remembered["vocab_size"])
     if ready and old["source"] == source:
         print(f"data: {data_dir}/*.bin are up to date")
         return old
     start = time.time()
-    if text:  # the held-out part is cut after deduplication: no near-copy across the split
-        cleaner = clean.Cleaner() if clean_text else None
-        stream = cleaned_stream(files, cleaner) if cleaner else text_stream(files)
-        tokens = split_train_val(stream, data_dir, val_fraction, text)
-        if cleaner:
-            report_cleaning(cleaner.report, data_dir)
-    else:
-        tokens = {s: tokenize_to_file(wikitext_stream(paths[s]), data_dir / f"{s}.bin")
-                  for s in SPLITS}
-    meta = {"tokenizer": "gpt2", "vocab_size": tokenizer().n_vocab, "eot_id": EOT_ID,
+    (data_dir / "tokenizer.bpe").unlink(missing_ok=True)  # made again below, if there is one
+    tokens, enc = (prepare_text(files, data_dir, source) if text
+                   else prepare_wikitext(paths, data_dir, source))
+    meta = {"tokenizer": enc.name, "vocab_size": enc.n_vocab, "eot_id": enc.eot_token,
             "dtype": "uint16", "tokens": tokens, "source": source,
             "seconds": round(time.time() - start, 2)}
     (data_dir / "meta.json").write_text(json.dumps(meta, indent=1))
     return meta
+
+
+def check_vocab_size(n):
+    if not 2 + 256 <= n <= 1 << 16:
+        raise runtime.ConfigError(f"--vocab_size {n}: a byte-level BPE needs 256 byte tokens and 2 "
+                                  f"special ones, and .bin files hold ids below 65,536: give a "
+                                  f"number from 258 to 65536")
+    return n
+
+
+def prepare_wikitext(paths, data_dir, source):
+    """Each WikiText split tokenized into its .bin file; a trained tokenizer learns from train."""
+    enc = tokenizer()
+    if "vocab_size" in source:
+        enc = train_tokenizer(wikitext_stream(paths["train"]), data_dir, source["vocab_size"])
+    return {s: tokenize_to_file(wikitext_stream(paths[s]), data_dir / f"{s}.bin", enc)
+            for s in SPLITS}, enc
+
+
+def prepare_text(files, data_dir, source):
+    """Your text cleaned (clean.py), tokenized, and the last val_fraction of the tokens held out:
+    cut after deduplication, so that no near-copy crosses the split. A tokenizer is trained on the
+    part before that cut: the cleaned text is kept in a spool file meanwhile, cleaned only once."""
+    cleaner = clean.Cleaner() if source["clean"] else None
+    stream = cleaned_stream(files, cleaner) if cleaner else text_stream(files)
+    enc, spool = tokenizer(), data_dir / "text.jsonl.part"
+    if "vocab_size" in source:
+        chars = write_spool(stream, spool)
+        enc = train_tokenizer(read_spool(spool), data_dir, source["vocab_size"],
+                              max_chars=chars * (1 - source["val_fraction"]))
+        stream = read_spool(spool)
+    tokens = split_train_val(stream, data_dir, source["val_fraction"], enc, source["text"])
+    spool.unlink(missing_ok=True)
+    if cleaner:
+        report_cleaning(cleaner.report, data_dir)
+    return tokens, enc
+
+
+def write_spool(stream, path):
+    """Write a stream to path as JSON lines (END as null); returns its number of characters."""
+    chars = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for item in stream:
+            f.write(json.dumps(item) + "\n")
+            chars += len(item) if item is not END else 0
+    return chars
+
+
+def read_spool(path):
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)
 
 
 def report_cleaning(report, data_dir):
@@ -296,10 +376,10 @@ def check_same_source(data_dir, remembered, text):
     return text or remembered.get("text")
 
 
-def split_train_val(stream, data_dir, val_fraction, text):
+def split_train_val(stream, data_dir, val_fraction, enc, text):
     """Tokenize into train.bin, then move the last val_fraction of the tokens into val.bin."""
     train_path, val_path = data_dir / "train.bin", data_dir / "val.bin"
-    n = tokenize_to_file(stream, train_path)
+    n = tokenize_to_file(stream, train_path, enc)
     n_val = int(n * val_fraction)
     if n_val < 2 or n - n_val < 2:
         raise DataError(f"{n} tokens cannot be split {1 - val_fraction:.0%}/{val_fraction:.0%} "
@@ -401,6 +481,9 @@ def main(argv=None):
                         help="share of your text held out for val (0.1)")
     parser.add_argument("--no_clean", action="store_true",
                         help="keep your text as it is: no cleaning, filtering or deduplication")
+    parser.add_argument("--vocab_size", type=int, default=None,
+                        help="train a tokenizer of this many ids on the training text (bpe.py); "
+                             "default: GPT-2's")
     parser.add_argument("--variant", choices=("raw", "v1"), default="raw",
                         help="WikiText-2 variant to download")
     parser.add_argument("--mirror", default=fetch.MIRRORS[0],
@@ -409,11 +492,15 @@ def main(argv=None):
     if args.val_fraction is not None and not 0 < args.val_fraction < 1:
         raise runtime.ConfigError(f"--val_fraction {args.val_fraction}: must be between 0 and 1")
     start = time.time()
-    meta = prepare(args.data_dir, args.text, args.val_fraction, args.variant,
-                   mirrors=(args.mirror,), clean_text=False if args.no_clean else None)
+    meta = prepare(args.data_dir, args.text, val_fraction=args.val_fraction,
+                   clean_text=False if args.no_clean else None, vocab_size=args.vocab_size,
+                   variant=args.variant, mirrors=(args.mirror,))
     for split, n in meta["tokens"].items():
         print(f"{split:>5}: {n:>10,} tokens  -> {Path(args.data_dir) / (split + '.bin')}")
-    print(f"done in {time.time() - start:.1f} s; tokenizing took {meta['seconds']} s; "
+    trained = read_vocab(args.data_dir) is not None
+    print(f"tokenizer: {meta['tokenizer']}, {meta['vocab_size']:,} ids"
+          + (f" -> {Path(args.data_dir) / 'tokenizer.bpe'}" if trained else " (GPT-2's)"))
+    print(f"done in {time.time() - start:.1f} s; preparing took {meta['seconds']} s; "
           f"meta: {Path(args.data_dir) / 'meta.json'}")
 
 

@@ -12,14 +12,15 @@ What a model folder holds
     naming each tensor with its dtype, shape and byte range, then the raw bytes. Unlike a pickled
     torch file it runs no code when loaded, and it can be memory-mapped. The names and shapes are
     GPT-2's: `model.GPT.to_gpt2`, the inverse of `GPT.from_gpt2`.
-  * vocab.json and merges.txt: GPT-2's tokenizer in the form Hugging Face reads it
-    (`tokenizer_files`). tiktoken stores a byte-level BPE as ranks: token bytes -> id, lower
-    ranks merged first. Hugging Face stores the same BPE as the list of merges in order, written
-    with a printable character standing for each byte (`byte_to_unicode`).
+  * vocab.json and merges.txt: the tokenizer (GPT-2's, or one bpe.py trained) in the form
+    Hugging Face reads it (`tokenizer_files`). tiktoken stores a byte-level BPE as ranks: token
+    bytes -> id, lower ranks merged first. Hugging Face stores the same BPE as the list of
+    merges in order, written with a printable character standing for each byte
+    (`byte_to_unicode`).
 
 The vocabulary is cut from our 50,304 rows (GPT-2's 50,257, [MASK], padding to a multiple of 64)
-to the tokenizer's 50,257: no text encodes to the others, sample.py never draws them, and a
-pipeline that could draw one would have nothing to decode it to.
+to the tokenizer's 50,257 (up to <|endoftext|>): no text encodes to the others, sample.py never
+draws them, and a pipeline that could draw one would have nothing to decode it to.
 
 Run:       python sample.py --ckpt out/ckpt.pt --export_hf out/hf
 Read next: README, "Take your GPT elsewhere" (loading the folder with transformers).
@@ -30,32 +31,31 @@ from pathlib import Path
 
 import torch
 
-import data
 from model import BERT
 from runtime import ConfigError
 
 
-def export_hf(model, out_dir):
-    """Write model (a GPT) and GPT-2's tokenizer to out_dir in Hugging Face's layout; returns the
-    paths written."""
+def export_hf(model, enc, out_dir):
+    """Write model (a GPT) and its tokenizer enc (tiktoken's) to out_dir in Hugging Face's layout;
+    returns the paths written."""
     if isinstance(model, BERT):
         raise ConfigError("--export_hf: this checkpoint is a BERT. Ours is pre-LayerNorm, Hugging "
                           "Face's BertModel post-LayerNorm: no config maps one onto the other. "
                           "Only a GPT exports")
-    enc = data.tokenizer()
-    if model.config.vocab_size < enc.n_vocab:
+    n_vocab = enc.eot_token + 1  # the tokenizer's ids, <|endoftext|> the last of them
+    if model.config.vocab_size < n_vocab:
         raise ConfigError(f"--export_hf: the model knows {model.config.vocab_size} ids, fewer than "
-                          f"GPT-2's tokenizer ({enc.n_vocab}): it was not trained on GPT-2 tokens")
+                          f"its tokenizer ({n_vocab}): it was not trained with this tokenizer")
     try:
         weights = model.to_gpt2()
     except ValueError as e:
         raise ConfigError(f"--export_hf: {e}") from None
     wte = weights["transformer.wte.weight"]
-    weights["transformer.wte.weight"] = wte[: enc.n_vocab]  # the rows no text encodes to: cut
+    weights["transformer.wte.weight"] = wte[:n_vocab]  # the rows no text encodes to: cut
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ranks = {token: enc.encode_single_token(token) for token in enc.token_byte_values()}
-    files = {"config.json": json.dumps(gpt2_config(model.config, enc.n_vocab, enc.eot_token),
+    files = {"config.json": json.dumps(gpt2_config(model.config, n_vocab, enc.eot_token),
                                        indent=2),
              **tokenizer_files(ranks, enc.eot_token, model.config.block_size)}
     for name, text in files.items():

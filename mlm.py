@@ -8,11 +8,11 @@ in view), so BERT plays a cloze game instead: hide some tokens and predict them 
 How tokens are chosen and hidden (`mask_tokens`)
   1. Choose a share of the positions that hold ordinary tokens: 15% in BERT, 30% by default here
      (MosaicBERT's rate; in a short run, more predictions per step teach more: README, "A BERT
-     that learns"). Special ids (<|endoftext|> 50256, [MASK] 50257) and padding ids (>= 50258)
-     are never chosen: there is nothing to learn there. Like BERT's original data code
-     (create_pretraining_data.py), we take exactly round(share x eligible positions) per
-     sequence, at least one, so a batch never has nothing to predict, and the sparse head
-     (model.BERT) sees about the same count every step.
+     that learns"). Special ids (<|endoftext|>, [MASK]: 50256, 50257 with GPT-2's tokenizer)
+     and the padding ids after them are never chosen: there is nothing to learn there. Like
+     BERT's original data code (create_pretraining_data.py), we take exactly round(share x
+     eligible positions) per sequence, at least one, so a batch never has nothing to predict,
+     and the sparse head (model.BERT) sees about the same count every step.
   2. Of the chosen positions, 80% become [MASK], 10% become a random ordinary token, 10% stay as
      they are. Why not 100% [MASK]? [MASK] never appears when the model is later fine-tuned or
      used, so a model that only learned "predict at [MASK]" would be trained on inputs unlike the
@@ -87,7 +87,7 @@ class MLM:
     counts."""
 
     mask_prob: float = 0.3  # share of the ordinary tokens chosen in training (as train.py's)
-    eot_id: int = EOT_ID  # <|endoftext|>: the ordinary tokens are the ids below it
+    eot_id: int = EOT_ID  # the tokenizer's <|endoftext|>: the ordinary tokens are the ids below
     Model = BERT  # the model this objective trains (a class attribute, not a field)
     # What a BERT run starts from unless a flag says otherwise (README, "A BERT that learns"):
     # rotary positions, so that the model knows from the first step which token is its neighbour;

@@ -37,10 +37,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-# The vocabulary is GPT-2's byte-pair encoding (ids 0..50256) plus one id of our own.
+# The vocabulary is a byte-pair encoding's (data.py), <|endoftext|> after its ordinary tokens, and
+# [MASK] as the id after that. With GPT-2's BPE, the default, these are the two ids:
 EOT_ID = 50256  # <|endoftext|>: GPT-2's last id; data.py puts it between documents
 MASK_ID = 50257  # [MASK] for BERT (mlm.py): the first id after GPT-2's vocabulary
-# Ids from 50258 up to vocab_size - 1 never occur in data. They only round the embedding matrix
+# Ids after [MASK] up to vocab_size - 1 never occur in data. They only round the embedding matrix
 # up to a multiple of 64, a shape that matmul kernels tile without a ragged edge.
 IGNORE = -100  # a target that does not count (F.cross_entropy's default ignore_index)
 
@@ -66,7 +67,8 @@ def check_choices(config):
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = setting(50304, "GPT-2's 50,257 ids, [MASK], then padding to a multiple of 64")
+    vocab_size: int = setting(50304, "ids the model knows; when not given, the data's tokenizer's "
+                              "and [MASK], rounded up to a multiple of 64 (GPT-2's: 50,304)")
     block_size: int = setting(128, "the longest sequence the model reads")
     position: Literal["learned", "rope"] = setting(
         "learned", "learned: a table of position vectors (GPT-2); rope: rotary (Su et al. 2021)")

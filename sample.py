@@ -51,7 +51,7 @@ import export
 import runtime
 from checkpoint import GPT2_PATH, load_checkpoint, load_gpt2, load_model
 from checkpoint import objective_for
-from model import BERT, EOT_ID, MASK_ID
+from model import BERT, MASK_ID
 
 
 def top_k_filter(logits, k):
@@ -76,6 +76,7 @@ class Sampling:
     temperature: float = 1.0  # 0: always the most likely token
     top_k: int | None = None  # keep the k most likely tokens
     top_p: float | None = None  # keep the smallest set with probability >= p
+    text_ids: int = MASK_ID  # draw only ids below this: the tokenizer's, not [MASK] or padding
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -90,7 +91,7 @@ class Sampling:
 def next_token(logits, sampling=Sampling(), generator=None):
     """Draw one token per row from logits (B, V). Returns (B, 1)."""
     logits = logits.float().clone()
-    logits[:, MASK_ID:] = float("-inf")  # [MASK] and the padding ids are not text: never drawn
+    logits[:, sampling.text_ids:] = float("-inf")  # [MASK] and padding are not text
     if sampling.temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits / sampling.temperature
@@ -126,45 +127,48 @@ def generate(model, idx, max_new_tokens, sampling=Sampling(), generator=None, us
 
 
 @torch.no_grad()
-def fill_mask(model, ids, top_k=5):
-    """For each [MASK] in ids (a list), the top_k (token id, probability) pairs of a BERT."""
+def fill_mask(model, ids, top_k=5, mask_id=MASK_ID):
+    """For each [MASK] in ids (a list), the top_k (token id, probability) pairs of a BERT. The
+    ordinary tokens are the ids below <|endoftext|>, mask_id - 1."""
     idx = torch.tensor([ids], device=model.transformer.wte.weight.device)
-    logits = model(idx, positions=idx == MASK_ID).float()  # (number of [MASK]s, V): the sparse head
-    logits[:, EOT_ID:] = float("-inf")  # candidates are ordinary tokens
+    logits = model(idx, positions=idx == mask_id).float()  # (number of [MASK]s, V): sparse head
+    logits[:, mask_id - 1:] = float("-inf")  # candidates are ordinary tokens
     probs, tokens = torch.topk(F.softmax(logits, dim=-1), top_k)  # (number of [MASK]s, top_k) each
     return [list(zip(t.tolist(), p.tolist())) for t, p in zip(tokens, probs)]
 
 
-def encode_prompt(prompt):
-    """Token ids of a prompt; "[MASK]" becomes MASK_ID, "<|endoftext|>" EOT_ID. GPT-2's BPE starts a
-    word with its space (" Paris" is one token), so a space before [MASK] belongs to the hidden
-    word."""
-    enc = data.tokenizer()
+def encode_prompt(prompt, enc):
+    """Token ids of a prompt with the tokenizer enc; "<|endoftext|>" becomes its id, "[MASK]" the
+    id after it. GPT-2's BPE starts a word with its space (" Paris" is one token), so a space
+    before [MASK] belongs to the hidden word."""
     pieces = re.split(r" ?\[MASK\]", prompt)
     ids = []
     for i, piece in enumerate(pieces):
         ids += enc.encode(piece, allowed_special={"<|endoftext|>"})
-        ids += [MASK_ID] if i < len(pieces) - 1 else []
+        ids += [enc.eot_token + 1] if i < len(pieces) - 1 else []
     return ids
 
 
 def load(args, device):
-    """(model in eval mode, its objective, its data folder): a checkpoint's or GPT-2's."""
+    """(model in eval mode, its objective, its tokenizer, its data folder): a checkpoint's or
+    GPT-2's."""
     if args.init_from == "gpt2":
         model = load_gpt2(args.gpt2_path, 1024, 0.0)
-        return model.to(device).eval(), objective_for("gpt"), args.data_dir
+        return model.to(device).eval(), objective_for("gpt"), data.tokenizer(), args.data_dir
     checkpoint = load_checkpoint(args.ckpt)
-    model, objective = load_model(checkpoint)
+    model, objective, enc = load_model(checkpoint)
     data_dir = args.data_dir or checkpoint["train_config"]["data_dir"]
-    return model.to(device).eval(), objective, data_dir
+    return model.to(device).eval(), objective, enc, data_dir
 
 
-def perplexity(model, objective, what, data_dir, device, dtype):
+def perplexity(model, objective, enc, what, data_dir, device):
     """The exact loss over every token of a split or a text file (data.evaluate), printed."""
     if what in ("val", "test"):
         tokens = data.open_split(data_dir, what)
+        if data.tokenizer(data.read_vocab(data_dir)).name != enc.name:
+            raise runtime.ConfigError(f"--eval {what}: {data_dir} is tokenized with another "
+                                      f"tokenizer than the model's: name its --data_dir")
     elif Path(what).is_file():  # a text file: its tokens
-        enc = data.tokenizer()
         ids = [i for piece in data.text_pieces(Path(what)) for i in enc.encode_ordinary(piece)]
         tokens = np.array(ids, dtype=np.uint16)
     else:
@@ -172,7 +176,8 @@ def perplexity(model, objective, what, data_dir, device, dtype):
     if len(tokens) < 2:
         raise runtime.ConfigError(f"--eval {what} holds {len(tokens)} token(s): a perplexity "
                                   f"needs at least 2")
-    metrics = data.evaluate(model, objective, tokens, 16, runtime.autocast(device, dtype))
+    autocast = runtime.autocast(device, runtime.pick_dtype("auto", device.type))
+    metrics = data.evaluate(model, objective, tokens, 16, autocast)
     print(f"{what}: {len(tokens):,} tokens, {metrics['tokens']:,} predicted; "
           f"{objective.describe(metrics)}")
 
@@ -180,35 +185,33 @@ def perplexity(model, objective, what, data_dir, device, dtype):
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(runtime.pick_device(args.device))
-    dtype = runtime.pick_dtype("auto", device.type)
     if device.type == "cpu":
         runtime.keep_freed_memory()
-    model, objective, data_dir = load(args, device)
+    model, objective, enc, data_dir = load(args, device)
     if args.export_hf:
-        paths = export.export_hf(model.cpu(), args.export_hf)
+        paths = export.export_hf(model.cpu(), enc, args.export_hf)
         return print(f"exported to {args.export_hf}/: {', '.join(p.name for p in paths)}")
     if args.eval:
-        return perplexity(model, objective, args.eval, data_dir, device, dtype)
-    ids = encode_prompt(args.prompt)
+        return perplexity(model, objective, enc, args.eval, data_dir, device)
+    ids = encode_prompt(args.prompt, enc)
     if not ids:
         raise runtime.ConfigError("--prompt: the prompt has no tokens: give some text, or "
                                   "<|endoftext|> to start from nothing")
     if isinstance(model, BERT):  # a BERT fills in masks; a GPT continues the text
-        return print_fill_mask(model, ids, args.top_k or 5)
-    if MASK_ID in ids:
+        return print_fill_mask(model, ids, args.top_k or 5, enc)
+    if enc.eot_token + 1 in ids:
         raise runtime.ConfigError("[MASK] in a prompt is for BERT checkpoints; this one is a GPT: "
                                   "give text to continue")
-    sampling = Sampling(args.temperature, args.top_k, args.top_p)
+    sampling = Sampling(args.temperature, args.top_k, args.top_p, text_ids=enc.eot_token + 1)
     if len(ids) > model.config.block_size:
         print(f"note: the prompt has {len(ids)} tokens; the model sees only the last "
               f"{model.config.block_size}", file=sys.stderr)
-    print_samples(model, ids, sampling, args, device)
+    print_samples(model, ids, sampling, args, enc, device)
 
 
-def print_samples(model, ids, sampling, args, device):
+def print_samples(model, ids, sampling, args, enc, device):
     """Stream args.num_samples continuations of the prompt, each token as soon as it is drawn."""
     generator = torch.Generator(device).manual_seed(args.seed)
-    enc = data.tokenizer()
     for n in range(args.num_samples):
         # A character may span several tokens: decode the bytes as they come.
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -216,21 +219,20 @@ def print_samples(model, ids, sampling, args, device):
         idx = torch.tensor([ids], device=device)
         for token in stream(model, idx, args.max_new_tokens, sampling, generator,
                             use_cache=not args.no_cache):
-            if token.item() == EOT_ID and not args.no_stop:
+            if token.item() == enc.eot_token and not args.no_stop:
                 break
             print(utf8.decode(enc.decode_single_token_bytes(token.item())), end="", flush=True)
         print(utf8.decode(b"", final=True))
 
 
-def print_fill_mask(model, ids, top_k):
-    if MASK_ID not in ids:
+def print_fill_mask(model, ids, top_k, enc):
+    if enc.eot_token + 1 not in ids:
         raise runtime.ConfigError("this checkpoint is a BERT: put [MASK] in the prompt (--prompt) "
                                   "where a word should be filled in")
     if len(ids) > model.config.block_size:
         raise runtime.ConfigError(f"--prompt has {len(ids)} tokens, more than the model's "
                                   f"block_size {model.config.block_size}")
-    enc = data.tokenizer()
-    for n, candidates in enumerate(fill_mask(model, ids, top_k), start=1):
+    for n, candidates in enumerate(fill_mask(model, ids, top_k, enc.eot_token + 1), start=1):
         print(f"[MASK] {n}: " + ", ".join(f"{enc.decode([t])!r} {p:.3f}" for t, p in candidates))
 
 

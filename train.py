@@ -32,7 +32,7 @@ Read next: sample.py (using what you trained).
 import argparse
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -147,24 +147,24 @@ def main(argv=None):
         runtime.keep_freed_memory()
     with runtime.processes(device) as device:  # one, or torchrun's (data parallel)
         if not runtime.is_main():
-            return train(mcfg, cfg, checkpoint, device, dtype)
+            return train(mcfg, cfg, checkpoint, device, dtype, given)
         with lock(runtime.make_folder(cfg.out_dir, "out_dir")):  # rank 0 writes out_dir
-            train(mcfg, cfg, checkpoint, device, dtype)
+            train(mcfg, cfg, checkpoint, device, dtype, given)
 
 
-def train(mcfg, cfg, checkpoint, device, dtype):
+def train(mcfg, cfg, checkpoint, device, dtype, given):
     """Set up a run (data, model, optimizer, counters: fresh or from the checkpoint), then loop."""
     rank, world = runtime.rank_and_world()
     if rank == 0:
         data.prepare(cfg.data_dir, cfg.text or None, clean_text=False if cfg.no_clean else None)
     if world > 1:
         dist.barrier()  # the others wait until rank 0 has prepared the data
-    check_vocabulary(mcfg, data.read_meta(cfg.data_dir))
+    mcfg, eot_id = fit_vocabulary(mcfg, cfg, checkpoint, given)
     splits = {split: data.open_split(cfg.data_dir, split) for split in ("train", "val")}
     torch.manual_seed(cfg.seed)  # the same initial weights in every process...
-    objective = objective_for(cfg.model, cfg.mask_prob)
+    objective = objective_for(cfg.model, cfg.mask_prob, eot_id)
     if checkpoint is not None:
-        raw, _ = load_model(checkpoint, mcfg)
+        raw, *_ = load_model(checkpoint, mcfg)
     elif cfg.init_from == "gpt2":
         raw = load_gpt2(cfg.gpt2_path, mcfg.block_size, mcfg.dropout)
     else:
@@ -245,12 +245,27 @@ def stopped(reason, step, path, saved):
                              f"--warmup_steps (or --dtype bfloat16 instead of float16)")
 
 
-def check_vocabulary(mcfg, meta):
-    """The model's vocabulary must hold every id of the data's tokenizer, and [MASK] after them."""
-    need = meta["vocab_size"] + 1
-    check_config(mcfg.vocab_size >= need, "vocab_size", mcfg.vocab_size,
-                 f"{meta['tokenizer']}'s {meta['vocab_size']:,} ids and [MASK] need {need:,} "
-                 f"(a multiple of 64 is fastest)")
+def fit_vocabulary(mcfg, cfg, checkpoint, given):
+    """(model config, <|endoftext|> id) for the data's tokenizer: unless --vocab_size is given, a
+    fresh model gets rows for its ids and [MASK] (the id after <|endoftext|>), rounded up to a
+    multiple of 64 (model.py says why). Weights trained on other tokens are refused."""
+    meta, vocab = data.read_meta(cfg.data_dir), data.read_vocab(cfg.data_dir)
+    need = meta["eot_id"] + 2
+    if checkpoint is not None and checkpoint.get("tokenizer") != vocab:
+        raise CheckpointError(f"cannot resume: the checkpoint was trained with another tokenizer "
+                              f"than --data_dir {cfg.data_dir}'s ({meta['tokenizer']}): resume "
+                              f"on the data it was trained on")
+    if cfg.init_from == "gpt2" and vocab is not None:
+        raise runtime.ConfigError(f"--init_from gpt2: GPT-2 knows GPT-2's tokens, but --data_dir "
+                                  f"{cfg.data_dir} has a trained tokenizer: prepare the text "
+                                  f"into a folder of its own without --vocab_size")
+    if cfg.init_from == "scratch" and "vocab_size" not in given:
+        mcfg = replace(mcfg, vocab_size=-(-need // 64) * 64)
+    if mcfg.vocab_size < need:
+        raise runtime.ConfigError(f"--vocab_size {mcfg.vocab_size}: {meta['tokenizer']}'s "
+                                  f"{need - 1:,} ids and [MASK] need {need:,} (a multiple of 64 is "
+                                  f"fastest)")
+    return mcfg, meta["eot_id"]
 
 
 def next_batch(run, tokens, B, T, device):
@@ -329,7 +344,7 @@ def lr_at(step, cfg):
 def save_run(path, run, cfg):
     """Everything needed to continue exactly: weights, optimizer moments, loss scale, the run's
     counters (the schedule is lr_at(step): the step is all of its state), both configs and every
-    process's RNG states."""
+    process's RNG states; and the tokens of a trained tokenizer, for sample.py."""
     rng = gather_rng(run.generator)  # every process takes part
     if runtime.is_main():
         raw = runtime.unwrap(run.model)
@@ -337,7 +352,7 @@ def save_run(path, run, cfg):
                                "scaler": run.scaler.state_dict(),
                                **{k: getattr(run, k) for k in Run.COUNTERS},
                                "model_config": asdict(raw.config), "train_config": asdict(cfg),
-                               "rng": rng})
+                               "rng": rng, "tokenizer": data.read_vocab(cfg.data_dir)})
 
 
 def restore_run(run, checkpoint, cfg):
@@ -411,14 +426,6 @@ def parse_args(argv=None):
     mcfg, cfg = make_configs({**objective_for(given.get("model", "gpt")).defaults, **given})
     check_settings(cfg, set(given))
     return mcfg, cfg, set(given)
-
-
-def check_config(ok, name, value, rule):
-    """model.check, as the ConfigError that programs print as one line."""
-    try:
-        check(ok, name, value, rule)
-    except ValueError as e:
-        raise runtime.ConfigError(str(e)) from None
 
 
 def make_configs(settings):

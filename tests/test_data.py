@@ -105,6 +105,14 @@ def test_your_own_text_is_split_into_train_and_val(tmp_path):
     assert data.prepare(tmp_path / "prepared") == meta
 
 
+def test_a_folder_made_from_a_relative_path_is_up_to_date_for_train_py(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("notes.txt").write_text("Relative paths are resolved once. " * 40, encoding="utf-8")
+    meta = data.prepare("prepared", text="notes.txt", clean_text=False)
+    monkeypatch.setattr(data, "tokenize_to_file", None)  # tokenizing again would fail
+    assert data.prepare("prepared") == meta  # as train.py calls it, from the remembered text
+
+
 def test_long_text_read_in_pieces_tokenizes_like_the_whole(tmp_path):
     text = ("Line one,  with two spaces.\n\n\nThree newlines;\ttab \n word's end. 1,000 — ünïcode!  \n" * 40)
     path = tmp_path / "long.txt"

@@ -112,7 +112,7 @@ def test_exported_tokenizer_encodes_like_tiktoken(tmp_path):
 def test_export_writes_a_loadable_folder_and_refuses_what_gpt2_cannot_hold(tmp_path, capsys):
     import data
     model = tiny_gpt(vocab_size=50304, n_embd=16)
-    paths = export.export_hf(model, tmp_path / "hf")
+    paths = export.export_hf(model, data.tokenizer(), tmp_path / "hf")
     names = {p.name for p in paths}
     assert names >= {"config.json", "model.safetensors", "vocab.json", "merges.txt"}
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
@@ -121,6 +121,7 @@ def test_export_writes_a_loadable_folder_and_refuses_what_gpt2_cannot_hold(tmp_p
     assert config["vocab_size"] == data.tokenizer().n_vocab  # padded rows cut (export.py)
     assert "lm_head.weight" not in header  # tied: Hugging Face makes it from wte
     with pytest.raises(ConfigError, match="--position rope"):
-        export.export_hf(tiny_gpt(vocab_size=50304, position="rope"), tmp_path / "rope")
+        export.export_hf(tiny_gpt(vocab_size=50304, position="rope"), data.tokenizer(),
+                         tmp_path / "rope")
     with pytest.raises(ConfigError, match="fewer than"):
-        export.export_hf(tiny_gpt(), tmp_path / "small")
+        export.export_hf(tiny_gpt(), data.tokenizer(), tmp_path / "small")

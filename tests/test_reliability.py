@@ -7,6 +7,7 @@ import errno
 import io
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -167,6 +168,22 @@ def test_a_vocabulary_smaller_than_the_tokenizer_is_refused(flags_of, corpus, tm
              "--vocab_size", "1000"], "train.py", "--vocab_size 1000: gpt2's 50,257 ids", flags_of)
 
 
+def test_weights_and_data_of_different_tokenizers_are_refused(flags_of, corpus, tmp_path):
+    """A checkpoint or GPT-2's weights learned other ids than the data's trained tokenizer gives."""
+    refusal(["--text", str(corpus / "text.txt"), "--data_dir", str(tmp_path / "small"),
+             "--vocab_size", "100"], "data.py", "--vocab_size 100: a byte-level BPE needs", flags_of)
+    trained = tmp_path / "trained"
+    data.prepare(trained, text=str(corpus / "text.txt"), clean_text=False, vocab_size=300)
+    refusal(["--data_dir", str(trained), "--init_from", "gpt2", "--out_dir", str(tmp_path / "g")],
+            "train.py", "--init_from gpt2: GPT-2 knows GPT-2's tokens", flags_of)
+    shutil.copytree(corpus / "out", tmp_path / "out")  # trained with GPT-2's tokenizer
+    refusal(["--init_from", "resume", "--out_dir", str(tmp_path / "out"), "--data_dir",
+             str(trained), "--max_steps", "40"], "train.py", "cannot resume: the checkpoint was "
+            "trained with another tokenizer", flags_of)
+    refusal(["--ckpt", str(tmp_path / "out/ckpt.pt"), "--eval", "val", "--data_dir", str(trained)],
+            "sample.py", f"--eval val: {trained} is tokenized with another tokenizer", flags_of)
+
+
 # 2. A folder never changes what it holds ------------------------------------------------------------
 
 def test_a_folder_refuses_a_corpus_it_does_not_hold(flags_of, corpus, tmp_path):
@@ -209,7 +226,7 @@ def test_a_broken_folder_is_one_clear_line(fault, flags_of, corpus, tmp_path):
 
 
 def test_a_file_system_fault_names_the_path_and_the_cause(corpus, tmp_path, monkeypatch):
-    def read_only(stream, path):
+    def read_only(stream, path, enc):
         raise PermissionError(errno.EACCES, "Permission denied", str(path) + ".part")
 
     monkeypatch.setattr(data, "tokenize_to_file", read_only)

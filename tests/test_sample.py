@@ -123,7 +123,7 @@ def test_uncached_generation_runs_the_model_on_the_last_block_size_tokens(tiny_g
 # 3. Fill-mask ------------------------------------------------------------------------------------
 
 def test_fill_mask_puts_the_memorised_word_first():
-    ids = sample.encode_prompt("The quick brown fox jumps over the lazy dog.")
+    ids = sample.encode_prompt("The quick brown fox jumps over the lazy dog.", data.tokenizer())
     torch.manual_seed(0)
     bert = BERT(ModelConfig(block_size=16, n_layer=2, n_head=2, n_embd=32))
     opt = torch.optim.AdamW(bert.parameters(), lr=3e-3)
@@ -137,7 +137,7 @@ def test_fill_mask_puts_the_memorised_word_first():
         loss.backward()
         opt.step()
     bert.eval()
-    masked = sample.encode_prompt("The quick brown [MASK] jumps over the lazy dog.")
+    masked = sample.encode_prompt("The quick brown [MASK] jumps over the lazy dog.", data.tokenizer())
     assert masked.count(MASK_ID) == 1 and len(masked) == len(ids)
     (best, p), *_ = sample.fill_mask(bert, masked, top_k=3)[0]
     assert data.tokenizer().decode([best]) == " fox" and p > 0.5
@@ -163,7 +163,7 @@ def test_perplexity_of_a_text_is_the_exact_mean_next_token_loss(checkpoints, cap
     (checkpoints / "eval.txt").write_text(text * 3, encoding="utf-8")
     sample.main(["--ckpt", str(checkpoints / "gpt/ckpt.pt"), "--eval", str(checkpoints / "eval.txt"), "--device", "cpu"])
     printed = capsys.readouterr().out
-    model, _, _ = sample.load(argparse.Namespace(
+    model, *_ = sample.load(argparse.Namespace(
         init_from="ckpt", ckpt=str(checkpoints / "gpt/ckpt.pt"), data_dir=None), torch.device("cpu"))
     ids = torch.tensor(data.tokenizer().encode_ordinary(text * 3))  # 30 tokens: two windows of 16
     losses = []  # window 0 scores tokens 1..15, window 1 (from token 15) the rest: each token once
