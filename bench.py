@@ -10,12 +10,16 @@ Rows, each measured in a fresh process so that its peak memory is its own:
   * generating from a 1-token prompt with and without the KV cache: 127 new tokens (the default
     model's whole window), 256 (the window slides), and 64 at GPT-2 size;
   * cleaning a corpus (clean.py, on all cores): 200 MB of generated text with copies and near
-    copies, and WikiText-2's train articles with planted copies (if data/wikitext-2 holds them).
+    copies, and WikiText-2's train articles with planted copies (if data/wikitext-2 holds them);
+  * tokenizers: tokens per character of GPT-2's BPE and of BPEs trained by bpe.py, and the
+    seconds training takes, on English (trained on WikiText-2 train, counted on val) and on
+    Chinese (the project's source texts in ../shared/seeds, not part of the repository).
 Tokens/s counts the tokens that went through the model; MFU (model FLOPs utilisation: achieved
 FLOP/s over the device's peak, PaLM appendix B) only where monitor.PEAK_FLOPS knows the device.
 
 Run:       python bench.py                        (a few minutes on a 2-core CPU)
            python bench.py --only clean           (the cleaning rows only)
+           python bench.py --only tokenizer       (the tokenizer rows only)
            python bench.py --device cuda --dtype bfloat16
 Read next: README.md, where the measured tables are.
 """
@@ -33,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import bpe
 import clean
 import data
 import monitor
@@ -71,6 +76,20 @@ ROWS = {  # name: what to measure
     "generate gpt2-124M 64 tokens no-cache": dict(task="generate", size="gpt2-124M", new=64),
     "clean 200 MB of generated text": dict(task="clean", megabytes=200),
     "clean WikiText-2 train with planted copies": dict(task="clean", wikitext=True),
+    "tokenizer gpt2, English": dict(task="tokenizer", corpus="English"),
+    "tokenizer bpe 2048, English": dict(task="tokenizer", corpus="English", vocab_size=2048),
+    "tokenizer bpe 8192, English": dict(task="tokenizer", corpus="English", vocab_size=8192),
+    "tokenizer bpe 50257, English": dict(task="tokenizer", corpus="English", vocab_size=50257),
+    "tokenizer gpt2, Chinese": dict(task="tokenizer", corpus="Chinese"),
+    "tokenizer bpe 2048, Chinese": dict(task="tokenizer", corpus="Chinese", vocab_size=2048),
+    "tokenizer gpt2, Chinese, held-out file": dict(task="tokenizer", corpus="Chinese",
+                                                   held_out=True),
+    "tokenizer bpe 2048, Chinese, held-out file": dict(task="tokenizer", corpus="Chinese",
+                                                       vocab_size=2048, held_out=True),
+}
+TOKENIZER_TEXTS = {  # (text to train on, text to count tokens on)
+    "English": ("data/wikitext-2/wiki.train.tokens", "data/wikitext-2/wiki.valid.tokens"),
+    "Chinese": ("../shared/seeds", "../shared/seeds"),
 }
 
 
@@ -229,10 +248,37 @@ def bench_clean(row, device, dtype):
             "kept": report["kept_documents"], "removed": removed}
 
 
+def bench_tokenizer(row, device, dtype):
+    """Tokens per character of GPT-2's BPE, or of one bpe.py trains (and how long that takes;
+    ids: fewer than asked for where the text runs out of pairs to merge)."""
+    train_path, count_path = TOKENIZER_TEXTS[row["corpus"]]
+    train_text, count_text = read_text(train_path), read_text(count_path)
+    if row.get("held_out"):  # the last file is counted, the others trained on
+        *train_files, count_file = sorted(Path(train_path).glob("*.txt"))
+        train_text, count_text = "".join(map(read_text, train_files)), read_text(count_file)
+    start = time.perf_counter()
+    enc = data.tokenizer() if "vocab_size" not in row else \
+        bpe.encoding(bpe.train(bpe.count_chunks([train_text]), row["vocab_size"]))
+    seconds = time.perf_counter() - start
+    tokens = len(enc.encode_ordinary(count_text))
+    return {"ids": enc.n_vocab, "characters": len(count_text), "tokens": tokens,
+            "tokens/char": tokens / len(count_text),
+            "training (s)": seconds if "vocab_size" in row else None}
+
+
+def read_text(path):
+    """A text file, or the .txt files of a folder joined."""
+    path = Path(path)
+    files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+    if not files or not path.exists():
+        raise FileNotFoundError(f"{path}: no text there (README, Tokenizers)")
+    return "".join(f.read_text(encoding="utf-8") for f in files)
+
+
 def measure(name, device, dtype):
     row = ROWS[name]
     task = {"train": bench_train, "adamw": bench_adamw, "generate": bench_generate,
-            "clean": bench_clean}[row["task"]]
+            "clean": bench_clean, "tokenizer": bench_tokenizer}[row["task"]]
     result = task(row, device, dtype)
     if device.type == "cuda":
         result["peak memory (MB)"] = torch.cuda.max_memory_allocated() / 2**20
@@ -264,10 +310,12 @@ def main(argv=None):
           f"torch {torch.__version__}")
     chosen = [row for row in ROWS if args.only in row]
     results = {}
-    for columns, rows in ((("tokens/s", "ms/step", "MFU", "peak memory (MB)"),
-                           [r for r in chosen if ROWS[r]["task"] != "clean"]),
-                          (("MB/s", "documents", "kept", "peak memory (MB)"),
-                           [r for r in chosen if ROWS[r]["task"] == "clean"])):
+    for columns, tasks in ((("tokens/s", "ms/step", "MFU", "peak memory (MB)"),
+                            ("train", "adamw", "generate")),
+                           (("MB/s", "documents", "kept", "peak memory (MB)"), ("clean",)),
+                           (("ids", "characters", "tokens", "tokens/char", "training (s)",
+                             "peak memory (MB)"), ("tokenizer",))):
+        rows = [r for r in chosen if ROWS[r]["task"] in tasks]
         if rows:  # one table per kind of row, with the columns that kind measures
             print(f"\n| row | {' | '.join(columns)} |\n| --- |" + " ---: |" * len(columns))
             results |= {row: print_row(row, args, columns) for row in rows}
@@ -284,7 +332,8 @@ def print_row(row, args, columns):
         print(f"| {row} | failed: {out.stderr.strip().splitlines()[-1]} |" + " |" * 3, flush=True)
         return None
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    formats = {"MFU": ".1%", "ms/step": ",.1f", "MB/s": ",.1f"}
+    formats = {"MFU": ".1%", "ms/step": ",.1f", "MB/s": ",.1f", "tokens/char": ".3f",
+               "training (s)": ",.1f"}
     cells = ["" if r.get(c) is None else format(r[c], formats.get(c, ",.0f")) for c in columns]
     print(f"| {row} | {' | '.join(cells)} |", flush=True)
     return r

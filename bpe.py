@@ -153,17 +153,23 @@ def merge(word, pair, new):
 
 # Encoding -----------------------------------------------------------------------------------------
 
-def encode_chunk(piece, ranks):
-    """The ids of one chunk (bytes): merge the adjacent pair whose joined bytes have the lowest
-    rank, the leftmost of equals, until no adjacent pair joins to a token."""
+def merge_parts(piece, ranks, below=sys.maxsize):
+    """BPE of one chunk (bytes), as a list of tokens: merge the adjacent pair whose joined bytes
+    have the lowest rank, the leftmost of equals, until no adjacent pair joins to a token (of a
+    rank below `below`: export.py asks which two tokens a token was merged from)."""
     parts = [piece[i : i + 1] for i in range(len(piece))]
     while len(parts) > 1:
-        joined = [ranks.get(a + b, sys.maxsize) for a, b in zip(parts, parts[1:])]
+        joined = [ranks.get(a + b, below) for a, b in zip(parts, parts[1:])]
         best = min(range(len(joined)), key=joined.__getitem__)
-        if joined[best] == sys.maxsize:
+        if joined[best] >= below:
             break
         parts[best : best + 2] = [parts[best] + parts[best + 1]]
-    return [ranks[part] for part in parts]
+    return parts
+
+
+def encode_chunk(piece, ranks):
+    """The ids of one chunk (bytes)."""
+    return [ranks[part] for part in merge_parts(piece, ranks)]
 
 
 def encode(text, ranks):

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+import bpe
 from model import BERT
 from runtime import ConfigError
 
@@ -113,23 +114,10 @@ def byte_to_unicode():
     return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
 
 
-def bpe_parts(ranks, token, max_rank):
-    """Byte-level BPE of `token` (bytes) with only the merges ranked below max_rank: start from
-    single bytes and keep joining the adjacent pair whose union has the lowest rank."""
-    parts = [bytes([b]) for b in token]
-    while len(parts) > 1:
-        joined = [(ranks.get(a + b, max_rank), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
-        rank, i = min(joined)
-        if rank >= max_rank:
-            break
-        parts[i:i + 2] = [parts[i] + parts[i + 1]]
-    return parts
-
-
 def tokenizer_files(ranks, eot_id, max_length):
-    """{file name: text} of GPT-2's tokenizer in Hugging Face's form, from tiktoken's ranks
-    ({token bytes: id}). Each multi-byte token was made by one merge, of the two tokens that BPE
-    stops at when it may use only the merges ranked below the token's own."""
+    """{file name: text} of a byte-level BPE (GPT-2's or bpe.py's) in Hugging Face's form, from
+    tiktoken's ranks ({token bytes: id}). Each multi-byte token was made by one merge, of the two
+    tokens that BPE stops at when it may use only the merges ranked below the token's own."""
     char = byte_to_unicode()
 
     def spell(token):
@@ -140,8 +128,11 @@ def tokenizer_files(ranks, eot_id, max_length):
     merges = []
     for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
         if len(token) > 1:
-            left, right = bpe_parts(ranks, token, rank)  # exactly two parts, by construction
-            merges.append(f"{spell(left)} {spell(right)}")
+            parts = bpe.merge_parts(token, ranks, below=rank)
+            if len(parts) != 2:  # never for GPT-2's tokens; possible, if rare, for a trained BPE
+                raise ConfigError(f"--export_hf: the tokenizer's token {token!r} is not one merge "
+                                  f"of two earlier tokens; Hugging Face's format cannot hold it")
+            merges.append(f"{spell(parts[0])} {spell(parts[1])}")
     special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
                "unk_token": "<|endoftext|>"}
     config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": max_length,

@@ -91,22 +91,35 @@ def reference_bpe(word, merge_rank, vocab):
     return [vocab[p] for p in parts]
 
 
-def test_exported_tokenizer_encodes_like_tiktoken(tmp_path):
-    import data
-    enc = data.tokenizer()
+def hugging_face_ids(enc, text):
+    """The ids of text by the vocab.json and merges.txt that export writes for enc."""
     ranks = {token: enc.encode_single_token(token) for token in enc.token_byte_values()}
     files = export.tokenizer_files(ranks, enc.eot_token, 128)
     vocab = json.loads(files["vocab.json"])
     lines = files["merges.txt"].splitlines()
-    assert lines[0] == "#version: 0.2" and len(lines) - 1 == 50000  # GPT-2's 50,000 merges
+    assert lines[0] == "#version: 0.2" and len(lines) - 1 == len(ranks) - 256  # one per merge
+    assert len(vocab) == enc.eot_token + 1 and vocab["<|endoftext|>"] == enc.eot_token
     merge_rank = {tuple(line.split(" ")): r for r, line in enumerate(lines[1:])}
-    assert len(vocab) == 50257 and vocab["<|endoftext|>"] == 50256
     char = export.byte_to_unicode()
     ids = []
-    for word in PRETOKENIZE.findall(TEXT):
+    for word in PRETOKENIZE.findall(text):
         spelled = "".join(char[b] for b in word.encode("utf-8"))
         ids += reference_bpe(spelled, merge_rank, vocab)
-    assert ids == enc.encode_ordinary(TEXT)
+    return ids
+
+
+def test_exported_tokenizer_encodes_like_tiktoken():
+    import data
+    enc = data.tokenizer()
+    assert enc.eot_token == 50256 and len(enc.token_byte_values()) - 256 == 50000  # GPT-2's merges
+    assert hugging_face_ids(enc, TEXT) == enc.encode_ordinary(TEXT)
+
+
+def test_a_trained_tokenizer_exports_too():
+    import bpe
+    enc = bpe.encoding(bpe.train(bpe.count_chunks([TEXT * 20]), 500))
+    assert hugging_face_ids(enc, TEXT) == enc.encode_ordinary(TEXT)
+    assert len(enc.encode_ordinary(TEXT)) < len(TEXT.encode()) / 3  # it did learn merges
 
 
 def test_export_writes_a_loadable_folder_and_refuses_what_gpt2_cannot_hold(tmp_path, capsys):

@@ -47,3 +47,19 @@ def test_every_test_named_in_the_map_exists():
             path, name = test.split("::")
             defined = {node.name for node in ast.parse((REPO / path).read_text()).body if isinstance(node, ast.FunctionDef)}
             assert name in defined, f"{concept}: {test} does not exist"
+
+
+def test_the_layout_table_lists_every_module_with_its_real_imports():
+    text = (REPO / "README.md").read_text().split("## How the code is laid out")[1].split("\n## ")[0]
+    listed = {m[1]: set() if m[2] == "none" else set(m[2].split(", "))
+              for m in re.finditer(r"^\| `(\w+)\.py` \| .+ \| ([\w, ]+) \|$", text, re.M)}
+    modules = {path.stem for path in REPO.glob("*.py")}
+    assert set(listed) == modules
+    for name in modules:
+        imported = set()
+        for node in ast.walk(ast.parse((REPO / f"{name}.py").read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.split(".")[0])
+        assert listed[name] == imported & modules, name
