@@ -54,6 +54,7 @@ class CLM:
     counts."""
 
     Model = GPT  # the model this objective trains
+    causal = True  # it reads left to right, so it can continue a text (sample.py generates)
     defaults = {}  # settings that differ from the configs' defaults: none (GPT-2's choices)
     eval_overlap = 1  # evaluation blocks share one token: a block's first token is never a target
     head_fraction = 1.0  # the LM head scores every position (model.flops_per_token)

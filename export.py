@@ -32,17 +32,12 @@ from pathlib import Path
 import torch
 
 import bpe
-from model import BERT
 from runtime import ConfigError
 
 
 def export_hf(model, enc, out_dir):
-    """Write model (a GPT) and its tokenizer enc (tiktoken's) to out_dir in Hugging Face's layout;
-    returns the paths written."""
-    if isinstance(model, BERT):
-        raise ConfigError("--export_hf: this checkpoint is a BERT. Ours is pre-LayerNorm, Hugging "
-                          "Face's BertModel post-LayerNorm: no config maps one onto the other. "
-                          "Only a GPT exports")
+    """Write model (a GPT: sample.py refuses a BERT) and its tokenizer enc (tiktoken's) to out_dir
+    in Hugging Face's layout; returns the paths written."""
     n_vocab = enc.eot_token + 1  # the tokenizer's ids, <|endoftext|> the last of them
     if model.config.vocab_size < n_vocab:
         raise ConfigError(f"--export_hf: the model knows {model.config.vocab_size} ids, fewer than "

@@ -89,6 +89,7 @@ class MLM:
     mask_prob: float = 0.3  # share of the ordinary tokens chosen in training (as train.py's)
     eot_id: int = EOT_ID  # the tokenizer's <|endoftext|>: the ordinary tokens are the ids below
     Model = BERT  # the model this objective trains (a class attribute, not a field)
+    causal = False  # it reads both ways: it fills in [MASK]s instead (sample.py's fill-mask)
     # What a BERT run starts from unless a flag says otherwise (README, "A BERT that learns"):
     # rotary positions, so that the model knows from the first step which token is its neighbour;
     # BERT's own LayerNorm on the embeddings; a higher learning rate; and twice the GPT's steps,

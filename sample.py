@@ -51,7 +51,7 @@ import export
 import runtime
 from checkpoint import GPT2_PATH, load_checkpoint, load_gpt2, load_model
 from checkpoint import objective_for
-from model import BERT, MASK_ID
+from model import MASK_ID
 
 
 def top_k_filter(logits, k):
@@ -189,6 +189,10 @@ def main(argv=None):
         runtime.keep_freed_memory()
     model, objective, enc, data_dir = load(args, device)
     if args.export_hf:
+        if not objective.causal:
+            raise runtime.ConfigError("--export_hf: this checkpoint is a BERT. Ours is "
+                                      "pre-LayerNorm, Hugging Face's BertModel post-LayerNorm: no "
+                                      "config maps one onto the other. Only a GPT exports")
         paths = export.export_hf(model.cpu(), enc, args.export_hf)
         return print(f"exported to {args.export_hf}/: {', '.join(p.name for p in paths)}")
     if args.eval:
@@ -197,7 +201,7 @@ def main(argv=None):
     if not ids:
         raise runtime.ConfigError("--prompt: the prompt has no tokens: give some text, or "
                                   "<|endoftext|> to start from nothing")
-    if isinstance(model, BERT):  # a BERT fills in masks; a GPT continues the text
+    if not objective.causal:  # a BERT fills in masks; a GPT continues the text
         return print_fill_mask(model, ids, args.top_k or 5, enc)
     if enc.eot_token + 1 in ids:
         raise runtime.ConfigError("[MASK] in a prompt is for BERT checkpoints; this one is a GPT: "
