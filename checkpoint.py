@@ -27,6 +27,7 @@ import torch.distributed as dist
 
 import data
 import fetch
+import shard
 from clm import CLM
 from mlm import MLM
 from model import EOT_ID, GPT, ModelConfig
@@ -94,17 +95,32 @@ def save_checkpoint(path, checkpoint):
         raise CheckpointError(f"cannot write {path} ({reason}); {then}") from None
 
 
-def load_checkpoint(path):
+def checkpoint_path(out_dir):
+    """out_dir's checkpoint: the file ckpt.pt, or the folder ckpt.dcp of a sharded run (--fsdp)."""
+    folder = shard.find(Path(out_dir) / "ckpt.dcp")
+    return folder if folder.exists() else Path(out_dir) / "ckpt.pt"
+
+
+def load_checkpoint(path, tensors=True):
+    """A checkpoint, checked. A sharded one (a folder) is read with shard.read_checkpoint;
+    tensors=False leaves its slices on disk, for a sharded run to load."""
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not shard.find(path).exists():
         raise CheckpointError(f"{path} does not exist: train a model first (python train.py), or "
                               f"name the right file")
+    if shard.find(path).is_dir():
+        return check_keys(shard.read_checkpoint(path, tensors), path, tensors)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # no code, only data
     except Exception as e:  # truncated zip, not a torch file, ...: torch raises many kinds
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}): it is "
                               f"truncated or corrupt; use another one or train again") from None
-    if not isinstance(checkpoint, dict) or not KEYS <= checkpoint.keys():
+    return check_keys(checkpoint, path)
+
+
+def check_keys(checkpoint, path, tensors=True):
+    need = KEYS if tensors else KEYS - {"model", "optimizer"}
+    if not isinstance(checkpoint, dict) or not need <= checkpoint.keys():
         raise CheckpointError(f"{path} is not a checkpoint written by train.py")
     return checkpoint
 

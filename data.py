@@ -445,7 +445,9 @@ def evaluate(model, objective, tokens, batch_size, autocast, max_batches=0):
     """{metric: mean loss per predicted token, "tokens": number predicted} over a split read in
     order (eval_batches): the objective makes each batch and says what it counts. max_batches > 0
     stops early. With several processes, each takes every world-th batch, and the sums are added
-    up across them: the same numbers as one process gets."""
+    up across them: the same numbers as one process gets. Each process runs as many batches as the
+    others (one past the end repeats the last batch, uncounted): a sharded model (shard.py)
+    gathers its weights from all processes at every forward."""
     rank, world = runtime.rank_and_world()
     T, device = model.config.block_size, next(model.parameters()).device
     plan = eval_batches(len(tokens), T, batch_size, T - objective.eval_overlap)
@@ -453,14 +455,15 @@ def evaluate(model, objective, tokens, batch_size, autocast, max_batches=0):
     was_training = model.training
     model.eval()
     totals = torch.zeros(len(objective.metrics), 2, dtype=torch.float64, device=device)
-    for i in tqdm(range(rank, len(plan), world), desc="evaluating", leave=False,
-                  disable=not runtime.is_main()):
-        starts, length = plan[i]
+    for i in tqdm(range(rank, len(plan) + (-len(plan)) % world, world), desc="evaluating",
+                  leave=False, disable=not runtime.is_main()):
+        starts, length = plan[min(i, len(plan) - 1)]
         inputs, targets = objective.eval_batch(read_blocks(tokens, starts, length), starts)
         inputs, targets = runtime.to_device(inputs, device), runtime.to_device(targets, device)
         with autocast:
             sums = objective.eval_sums(model, inputs, targets)
-        totals += torch.tensor([sums[name] for name in objective.metrics], device=device)
+        if i < len(plan):
+            totals += torch.tensor([sums[name] for name in objective.metrics], device=device)
     model.train(was_training)
     if world > 1:
         torch.distributed.all_reduce(totals)

@@ -31,6 +31,8 @@ Read next: sample.py (using what you trained).
 
 import argparse
 import math
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -44,8 +46,10 @@ from tqdm import tqdm
 import data
 import monitor
 import runtime
+import shard
 from adamw import AdamW
-from checkpoint import GPT2_PATH, CheckpointError, load_checkpoint, load_gpt2, load_model
+from checkpoint import GPT2_PATH, CheckpointError, checkpoint_path, load_checkpoint, load_gpt2
+from checkpoint import load_model
 from checkpoint import gather_rng, lock, objective_for, save_checkpoint, set_rng_state
 from model import ModelConfig, check, check_choices, flops_per_token, num_params, param_groups
 from model import setting
@@ -86,6 +90,8 @@ class TrainConfig:
     ckpt_interval: int = setting(200, "write ckpt.pt every this many steps, and at the end")
     seed: int = setting(1337, "initial weights, data order, dropout")
     compile: bool = setting(False, "torch.compile the model (pays off on GPUs, big models)")
+    fsdp: bool = setting(False, "under torchrun: shard weights, gradients and AdamW's moments "
+                         "across the processes (shard.py) instead of copying them (DDP)")
 
     def __post_init__(self):
         check_choices(self)
@@ -128,21 +134,27 @@ class Run:
 # The run ------------------------------------------------------------------------------------------
 
 def main(argv=None):
-    mcfg, cfg, given = parse_args(argv)
-    checkpoint = None
-    if cfg.init_from == "resume":
-        checkpoint = load_checkpoint(Path(cfg.out_dir) / "ckpt.pt")
-        mcfg, cfg = resume_configs(checkpoint, mcfg, cfg, given)
+    given = parse_args(argv)  # {name: value} of the flags on the command line
+    out_dir = given.get("out_dir", TRAIN_FIELDS["out_dir"].default)
+    checkpoint, path = None, checkpoint_path(out_dir)  # ckpt.pt, or ckpt.dcp (--fsdp)
+    if given.get("init_from") == "resume":
+        checkpoint = load_checkpoint(path, tensors=False)  # a sharded run loads only its slices
+        mcfg, cfg = resume_configs(checkpoint, given, out_dir)
         if checkpoint["step"] >= (cfg.stop_at or cfg.max_steps):
-            print(f"{cfg.out_dir}/ckpt.pt is at step {checkpoint['step']} already: nothing to do "
-                  f"(raise --max_steps to train further)")
+            print(f"{path} is at step {checkpoint['step']} already: nothing to do (raise "
+                  f"--max_steps to train further)")
             return
-    elif (Path(cfg.out_dir) / "ckpt.pt").exists():
-        raise CheckpointError(f"{cfg.out_dir}/ckpt.pt exists: continue it with --init_from "
-                              f"resume, or train into another --out_dir (nothing trained is "
-                              f"overwritten)")
+    else:
+        mcfg, cfg = make_configs({**objective_for(given.get("model", "gpt")).defaults, **given})
+        if path.exists():
+            raise CheckpointError(f"{path} exists: continue it with --init_from resume, or train "
+                                  f"into another --out_dir (nothing trained is overwritten)")
+    check_settings(cfg, given)
     device = runtime.pick_device(cfg.device)
     dtype = runtime.pick_dtype(cfg.dtype, device)
+    if cfg.fsdp and dtype == torch.float16:
+        raise runtime.ConfigError("--fsdp: float16 would need a sharded loss scaler; use --dtype "
+                                  "bfloat16, or float32")
     if device == "cpu":
         runtime.keep_freed_memory()
     with runtime.processes(device) as device:  # one, or torchrun's (data parallel)
@@ -163,13 +175,17 @@ def train(mcfg, cfg, checkpoint, device, dtype, given):
     splits = {split: data.open_split(cfg.data_dir, split) for split in ("train", "val")}
     torch.manual_seed(cfg.seed)  # the same initial weights in every process...
     objective = objective_for(cfg.model, cfg.mask_prob, eot_id)
-    if checkpoint is not None:
+    if checkpoint is not None and "model" not in checkpoint and not cfg.fsdp:
+        checkpoint = load_checkpoint(checkpoint["sharded"])  # a sharded run's slices, made whole
+    if checkpoint is not None and "model" in checkpoint:
         raw, *_ = load_model(checkpoint, mcfg)
     elif cfg.init_from == "gpt2":
         raw = load_gpt2(cfg.gpt2_path, mcfg.block_size, mcfg.dropout)
-    else:
+    else:  # (a sharded run that resumes loads its slices once it is sharded: restore_run)
         raw = objective.Model(mcfg)
     raw.to(device)
+    if cfg.fsdp:
+        shard.wrap(raw, device, dtype)  # its parameters are now slices: the optimizer comes after
     optimizer = AdamW(param_groups(raw, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                       eps=cfg.eps)
     # Loss scaling (fp16 only): fp16 flushes gradients below ~6e-8 to zero. Multiplying the loss
@@ -178,7 +194,7 @@ def train(mcfg, cfg, checkpoint, device, dtype, given):
     torch.manual_seed(cfg.seed + rank)  # ...but each process its own dropout masks
     generator = torch.Generator().manual_seed(cfg.seed + rank)  # ...and its own batches
     model = torch.compile(raw) if cfg.compile else raw
-    if world > 1:
+    if world > 1 and not cfg.fsdp:
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
                                         else None)
     run = Run(model, optimizer, scaler, objective, generator)
@@ -192,10 +208,12 @@ def loop(run, splits, cfg, device, dtype):
     raw, (_, world) = runtime.unwrap(run.model), runtime.rank_and_world()
     T, B, accum, stop = raw.config.block_size, cfg.batch_size, cfg.grad_accum_steps, cfg.stop_at
     stop, tokens_per_step = stop or cfg.max_steps, B * T * accum * world
-    autocast = runtime.autocast(device, dtype)
+    sharded_gpu = cfg.fsdp and device.type == "cuda"  # FSDP's mixed precision instead (shard.py)
+    autocast = runtime.autocast(device, torch.float32 if sharded_gpu else dtype)
     flops = flops_per_token(raw, T, run.objective.head_fraction)
     peak = monitor.peak_flops(device, dtype)
-    print_start(raw, splits, cfg, device, dtype, world)
+    name = run.objective.Model.__name__  # (type(raw) may be FSDP's subclass of it)
+    print_start(run, splits, cfg, device, dtype, world)
     out_dir, start_time, metrics = Path(cfg.out_dir), time.time(), {}
     records = monitor.start_log(out_dir / "log.jsonl", run.step) if runtime.is_main() else []
     saved = run.step  # the step of the checkpoint on disk (0: none yet)
@@ -221,15 +239,15 @@ def loop(run, splits, cfg, device, dtype):
                 record.update({f"val_{k}": v for k, v in metrics.items() if k != "tokens"},
                               val_ppl=math.exp(metrics["loss"]))
             if runtime.is_main():
-                monitor.append(records, record, out_dir, f"{type(raw).__name__} on {cfg.data_dir}")
+                monitor.append(records, record, out_dir, f"{name} on {cfg.data_dir}")
             if run.step % cfg.ckpt_interval == 0 or run.step == stop:
-                save_run(out_dir / "ckpt.pt", run, cfg)
+                save_run(out_dir, run, cfg)
                 saved = run.step
             bar.update(1)
             bar.set_postfix_str(f"loss {loss:.3f}, lr {lr:.1e}, {tokens_per_s:,.0f} tok/s" + (
                 f", {run.skipped_steps} skipped" if run.scaler.is_enabled() else ""))
     except (FloatingPointError, KeyboardInterrupt) as e:
-        raise stopped(e, run.step, out_dir / "ckpt.pt", saved) from None
+        raise stopped(e, run.step, checkpoint_path(out_dir), saved) from None
     bar.close()
     print_end(run, cfg, metrics, time.time() - start_time)
 
@@ -282,10 +300,14 @@ def train_step(run, micro_batches, grad_clip, autocast):
     FloatingPointError on a NaN/inf loss."""
     model, optimizer, scaler, objective = run.model, run.optimizer, run.scaler, run.objective
     ddp = isinstance(model, DistributedDataParallel)
+    fsdp = hasattr(model, "set_requires_gradient_sync")  # shard.wrap made it an FSDP module
     total = 0.0
     for i, (inputs, targets) in enumerate(micro_batches):
-        if ddp:  # average gradients across processes only once, after the last micro-batch
+        # average gradients across processes only once, after the last micro-batch
+        if ddp:
             model.require_backward_grad_sync = i == len(micro_batches) - 1
+        if fsdp:
+            model.set_requires_gradient_sync(i == len(micro_batches) - 1)
         with autocast:
             loss = objective.loss(model, inputs, targets)
         # Dividing by the number of micro-batches makes the summed .grad the mean over all of
@@ -293,13 +315,13 @@ def train_step(run, micro_batches, grad_clip, autocast):
         scaler.scale(loss / len(micro_batches)).backward()
         total += loss.detach()
     loss = total / len(micro_batches)
-    if ddp:  # every process reports the loss averaged over all of them
+    if ddp or fsdp:  # every process reports the loss averaged over all of them
         dist.all_reduce(loss)
         loss /= dist.get_world_size()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     scaler.unscale_(optimizer)  # fp16: divide the loss scale back out: true norms and clipping
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
-    loss, grad_norm = loss.item(), grad_norm.item()
+    loss, grad_norm = loss.item(), shard.local(grad_norm).item()  # FSDP: a norm over all slices
     if not math.isfinite(loss) or (not scaler.is_enabled() and not math.isfinite(grad_norm)):
         optimizer.zero_grad()
         raise FloatingPointError(f"loss {loss}, gradient norm {grad_norm}")
@@ -341,23 +363,34 @@ def lr_at(step, cfg):
 
 # Checkpoints and exact resume ---------------------------------------------------------------------
 
-def save_run(path, run, cfg):
+def save_run(out_dir, run, cfg):
     """Everything needed to continue exactly: weights, optimizer moments, loss scale, the run's
     counters (the schedule is lr_at(step): the step is all of its state), both configs and every
-    process's RNG states; and the tokens of a trained tokenizer, for sample.py."""
-    rng = gather_rng(run.generator)  # every process takes part
-    if runtime.is_main():
-        raw = runtime.unwrap(run.model)
+    process's RNG states; and the tokens of a trained tokenizer, for sample.py. Into ckpt.pt, or
+    for a sharded run into the folder ckpt.dcp, every process writing its slices (shard.save)."""
+    raw, path = runtime.unwrap(run.model), out_dir / ("ckpt.dcp" if cfg.fsdp else "ckpt.pt")
+    meta = {"scaler": run.scaler.state_dict(), **{k: getattr(run, k) for k in Run.COUNTERS},
+            "model_config": asdict(raw.config), "train_config": asdict(cfg),
+            "rng": gather_rng(run.generator), "tokenizer": data.read_vocab(cfg.data_dir)}
+    if cfg.fsdp:
+        shard.save(path, raw, run.optimizer, meta)
+    elif runtime.is_main():
         save_checkpoint(path, {"model": raw.state_dict(), "optimizer": run.optimizer.state_dict(),
-                               "scaler": run.scaler.state_dict(),
-                               **{k: getattr(run, k) for k in Run.COUNTERS},
-                               "model_config": asdict(raw.config), "train_config": asdict(cfg),
-                               "rng": rng, "tokenizer": data.read_vocab(cfg.data_dir)})
+                               **meta})
+    if runtime.is_main():  # the other kind, from before a switch with or without --fsdp, goes
+        other = out_dir / ("ckpt.pt" if cfg.fsdp else "ckpt.dcp")
+        shutil.rmtree(other) if other.is_dir() else other.unlink(missing_ok=True)
 
 
 def restore_run(run, checkpoint, cfg):
-    """Put a checkpoint's optimizer moments, loss scale, counters and RNG states into the run."""
-    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    """Put a checkpoint's optimizer moments, loss scale, counters and RNG states into the run.
+    A sharded run reads its slices of the weights and moments here (shard.py)."""
+    if "model" not in checkpoint:  # a sharded checkpoint, and a sharded run to read it
+        shard.load(checkpoint["sharded"], runtime.unwrap(run.model), run.optimizer)
+    else:
+        moments = checkpoint["optimizer"]
+        run.optimizer.load_state_dict(shard.slice_like(moments, run.optimizer) if cfg.fsdp
+                                      else moments)
     if run.scaler.is_enabled() and checkpoint["scaler"]:
         run.scaler.load_state_dict(checkpoint["scaler"])
     for key in Run.COUNTERS:
@@ -371,28 +404,29 @@ def restore_run(run, checkpoint, cfg):
         run.generator.manual_seed(hash((cfg.seed, rank, run.step)))
 
 
-def resume_configs(checkpoint, mcfg, cfg, given):
-    """The configs of a resumed run: the checkpoint's, with the flags given on top. A model flag
-    that would change the trained model is refused, with every difference listed."""
+def resume_configs(checkpoint, given, out_dir):
+    """The configs of a resumed run: the checkpoint's, with the flags given on top (and checked
+    only then: --max_steps 20 is fine for a run that warms up for 10 steps). A model flag that
+    would change the trained model is refused, with every difference listed."""
     saved_model, saved_train = checkpoint["model_config"], checkpoint["train_config"]
     switches = ("explicit_attention", "grad_checkpointing")  # how to compute, not what: free
-    diffs = [f"--{k} {getattr(mcfg, k)} (checkpoint: {v})" for k, v in saved_model.items()
-             if k in given and k not in switches and getattr(mcfg, k) != v]
-    if "model" in given and cfg.model != saved_train["model"]:
-        diffs.append(f"--model {cfg.model} (checkpoint: {saved_train['model']})")
+    diffs = [f"--{k} {given[k]} (checkpoint: {v})" for k, v in saved_model.items()
+             if k in given and k not in switches and given[k] != v]
+    if given.get("model", saved_train["model"]) != saved_train["model"]:
+        diffs.append(f"--model {given['model']} (checkpoint: {saved_train['model']})")
     if diffs:
         raise CheckpointError(f"cannot resume: the checkpoint's model differs from the flags: "
                               f"{'; '.join(diffs)}")
-    flags = {k: getattr(cfg if k in TRAIN_FIELDS else mcfg, k) for k in given}
-    session = {"init_from": "resume", "out_dir": cfg.out_dir, "stop_at": cfg.stop_at}  # not kept
-    return make_configs({**saved_model, **saved_train, **flags, **session})
+    session = {"stop_at": 0, "out_dir": out_dir}  # not kept from the last session
+    return make_configs({**saved_model, **saved_train, **session, **given})
 
 
 # Monitoring ---------------------------------------------------------------------------------------
 
-def print_start(raw, splits, cfg, device, dtype, world):
+def print_start(run, splits, cfg, device, dtype, world):
+    raw = runtime.unwrap(run.model)
     T, B, accum = raw.config.block_size, cfg.batch_size, cfg.grad_accum_steps
-    say(f"{type(raw).__name__}: {num_params(raw) / 1e6:.2f}M parameters "
+    say(f"{run.objective.Model.__name__}: {num_params(raw) / 1e6:.2f}M parameters "
         f"({num_params(raw, False) / 1e6:.2f}M without positions) on {device}, "
         f"{str(dtype).removeprefix('torch.')}\n"
         f"data: {cfg.data_dir}: {len(splits['train']):,} train and {len(splits['val']):,} val "
@@ -407,25 +441,22 @@ def print_end(run, cfg, metrics, seconds):
     out_dir = Path(cfg.out_dir)
     say(f"done: step {run.step}, {run.tokens:,} tokens seen, {seconds:.0f} s in this session\n"
         f"val {run.objective.describe(metrics)} (over {over}){skipped}\n"
-        f"checkpoint: {out_dir / 'ckpt.pt'}\nlog: {out_dir / 'log.jsonl'}\n"
+        f"checkpoint: {checkpoint_path(out_dir)}\nlog: {out_dir / 'log.jsonl'}\n"
         f"loss curve: {out_dir / 'loss.svg'}")
 
 
 # The command line: the fields of ModelConfig and TrainConfig become --flags ----------------------
 
 def parse_args(argv=None):
-    """(ModelConfig, TrainConfig, the names of the flags given). Defaults and help texts live in
-    the dataclasses' fields (model.setting); BERT starts from a few defaults of its own
-    (mlm.MLM.defaults), used where no flag is given."""
+    """{name: value} of the flags given: main makes the configs from them (with the defaults, or
+    with a checkpoint's settings). Defaults and help texts live in the dataclasses' fields
+    (model.setting); BERT starts from a few defaults of its own (mlm.MLM.defaults)."""
     parser = runtime.Parser(prog="train.py", description="Pretrain a GPT or a BERT.",
                             argument_default=argparse.SUPPRESS)
     bert = {k: f"with --model bert: {v}" for k, v in objective_for("bert").defaults.items()}
     for cls in (ModelConfig, TrainConfig):
         parser.add_config(cls, bert)
-    given = vars(parser.parse_args(argv))  # only the flags on the command line
-    mcfg, cfg = make_configs({**objective_for(given.get("model", "gpt")).defaults, **given})
-    check_settings(cfg, set(given))
-    return mcfg, cfg, set(given)
+    return vars(parser.parse_args(argv))  # only the flags on the command line
 
 
 def make_configs(settings):
@@ -439,8 +470,11 @@ def make_configs(settings):
 
 def check_settings(cfg, given):
     """Refuse settings that cannot work together, in one line that names the flags."""
+    if cfg.fsdp and "RANK" not in os.environ:
+        raise runtime.ConfigError("--fsdp shards across torchrun's processes: run  torchrun "
+                                  "--standalone --nproc_per_node=N train.py --fsdp")
     architecture = {"vocab_size", "n_layer", "n_head", "n_embd", "bias"}
-    if cfg.init_from == "gpt2" and (cfg.model != "gpt" or given & architecture):
+    if cfg.init_from == "gpt2" and (cfg.model != "gpt" or given.keys() & architecture):
         raise runtime.ConfigError("--init_from gpt2 takes its architecture from GPT-2's weights: "
                                   "use --model gpt and no --vocab_size/--n_layer/--n_head/--n_embd/"
                                   "--bias (--block_size may shorten it)")

@@ -36,8 +36,9 @@ def evaluation_split():
     return np.random.default_rng(0).integers(0, 50256, size=1000).astype(np.uint16)
 
 
-def run_steps(model, kind):
-    """STEPS optimizer steps; then (parameters, (eval loss, predicted tokens))."""
+def run_steps(model, kind, losses=None):
+    """STEPS optimizer steps (their losses appended to `losses`); then (parameters, (eval loss,
+    predicted tokens))."""
     objective = objective_for(kind)
     raw = model.module if isinstance(model, DistributedDataParallel) else model
     # A modest lr: the attention's key bias has a true gradient of exactly 0 (it adds the same amount
@@ -54,7 +55,8 @@ def run_steps(model, kind):
         # the same batches (and BERT's masks) whoever computes them
         batches = [objective.train_batch(b, torch.Generator().manual_seed(100 * step + rank * share + i))
                    for i, b in enumerate(batches)]
-        train.train_step(train.Run(model, optimizer, scaler, objective, None), batches, 1.0, off)
+        loss, _, _ = train.train_step(train.Run(model, optimizer, scaler, objective, None), batches, 1.0, off)
+        (losses if losses is not None else []).append(loss)
     metrics = data.evaluate(raw, objective, evaluation_split(), 3, off)
     return [p.detach().clone() for p in raw.parameters()], (metrics["loss"], metrics["tokens"])
 

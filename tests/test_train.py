@@ -276,6 +276,14 @@ def test_resume_with_another_architecture_lists_the_difference(corpus, tmp_path)
         run(corpus, tmp_path, "--init_from", "resume", "--n_layer", "3", "--max_steps", "4")
 
 
+def test_resume_flags_are_checked_against_the_checkpoints_settings_not_the_defaults(corpus, tmp_path):
+    run(corpus, tmp_path, "--max_steps", "2")  # TINY warms up for 2 steps, the default for 30
+    train.main(["--out_dir", str(tmp_path), "--init_from", "resume", "--max_steps", "4"])
+    assert [r["step"] for r in log(tmp_path)] == [1, 2, 3, 4]
+    with pytest.raises(runtime.ConfigError, match="--warmup_steps 2: must not exceed --max_steps 1"):
+        train.main(["--out_dir", str(tmp_path), "--init_from", "resume", "--max_steps", "1"])
+
+
 def test_a_truncated_checkpoint_gets_one_clear_line(corpus, tmp_path):
     run(corpus, tmp_path, "--max_steps", "2")
     blob = (tmp_path / "ckpt.pt").read_bytes()
