@@ -11,6 +11,9 @@ Rows, each measured in a fresh process so that its peak memory is its own:
     model's whole window), 256 (the window slides), and 64 at GPT-2 size;
   * cleaning a corpus (clean.py, on all cores): 200 MB of generated text with copies and near
     copies, and WikiText-2's train articles with planted copies (if data/wikitext-2 holds them);
+  * memory per process of data parallel (DDP) and fully sharded (FSDP, shard.py) training with 1,
+    2 and 4 CPU processes (gloo) at GPT-2-124M and -350M sizes: the bytes of parameters,
+    gradients and AdamW's moments each process holds after one step, and its peak memory;
   * tokenizers: tokens per character of GPT-2's BPE and of BPEs trained by bpe.py, and the
     seconds training takes, on English (trained on WikiText-2 train, counted on val) and on
     Chinese (the project's source texts in ../shared/seeds, not part of the repository).
@@ -20,6 +23,7 @@ FLOP/s over the device's peak, PaLM appendix B) only where monitor.PEAK_FLOPS kn
 Run:       python bench.py                        (a few minutes on a 2-core CPU)
            python bench.py --only clean           (the cleaning rows only)
            python bench.py --only tokenizer       (the tokenizer rows only)
+           python bench.py --only shard           (the sharding rows only; some minutes)
            python bench.py --device cuda --dtype bfloat16
 Read next: README.md, where the measured tables are.
 """
@@ -27,6 +31,7 @@ Read next: README.md, where the measured tables are.
 import argparse
 import json
 import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +48,7 @@ import data
 import monitor
 import runtime
 import sample
+import shard
 from adamw import AdamW
 from checkpoint import objective_for
 from mlm import mlm_loss
@@ -51,6 +57,7 @@ from model import EOT_ID, ModelConfig, flops_per_token, param_groups
 SIZES = {  # (model config, batch size on a CPU, batch size on a GPU)
     "default": (dict(), 16, 64),
     "gpt2-124M": (dict(block_size=1024, n_layer=12, n_head=12, n_embd=768), 1, 8),
+    "gpt2-350M": (dict(block_size=1024, n_layer=24, n_head=16, n_embd=1024), 1, 8),
 }
 ROWS = {  # name: what to measure
     "train gpt default sdpa": dict(task="train", model="gpt", size="default"),
@@ -76,6 +83,9 @@ ROWS = {  # name: what to measure
     "generate gpt2-124M 64 tokens no-cache": dict(task="generate", size="gpt2-124M", new=64),
     "clean 200 MB of generated text": dict(task="clean", megabytes=200),
     "clean WikiText-2 train with planted copies": dict(task="clean", wikitext=True),
+    **{f"shard {size} {how} {n}": dict(task="shard", size=size, how=how, processes=n)
+       for size in ("gpt2-124M", "gpt2-350M") for how in ("ddp", "fsdp") for n in (1, 2, 4)
+       if (size, how, n) != ("gpt2-350M", "ddp", 4)},  # 4 x 5.7 GB: more than 24 GB of RAM
     "tokenizer gpt2, English": dict(task="tokenizer", corpus="English"),
     "tokenizer bpe 2048, English": dict(task="tokenizer", corpus="English", vocab_size=2048),
     "tokenizer bpe 8192, English": dict(task="tokenizer", corpus="English", vocab_size=8192),
@@ -275,10 +285,43 @@ def read_text(path):
     return "".join(f.read_text(encoding="utf-8") for f in files)
 
 
+def bench_shard(row, device, dtype):
+    """One training step (batch 1, 128 tokens) in row["processes"] CPU processes, data parallel
+    or sharded: the largest of their bytes held and peak memories."""
+    with tempfile.TemporaryDirectory() as folder:
+        with socket.socket() as s:  # a free port for the processes to meet at
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        torch.multiprocessing.spawn(shard_worker, args=(row, port, folder), nprocs=row["processes"])
+        results = [json.loads(p.read_text()) for p in Path(folder).glob("*.json")]
+    return {f"{key} (MB)": max(r[key] for r in results) / 2**20 for key in results[0]}
+
+
+def shard_worker(rank, row, port, folder):
+    world = row["processes"]
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
+                                         rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model, objective, _ = build(row, torch.device("cpu"))
+    if row["how"] == "fsdp":
+        shard.wrap(model, torch.device("cpu"), torch.float32)
+        trained = model
+    else:
+        trained = torch.nn.parallel.DistributedDataParallel(model)
+    optimizer = AdamW(param_groups(model, 0.1), lr=1e-4)
+    tokens = torch.randint(0, EOT_ID, (1, 128))
+    objective.loss(trained, *objective.train_batch(tokens, torch.Generator())).backward()
+    optimizer.step()
+    held = shard.bytes_held(model, optimizer)
+    held["peak memory"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KB
+    Path(folder, f"{rank}.json").write_text(json.dumps(held))
+    torch.distributed.destroy_process_group()
+
+
 def measure(name, device, dtype):
     row = ROWS[name]
     task = {"train": bench_train, "adamw": bench_adamw, "generate": bench_generate,
-            "clean": bench_clean, "tokenizer": bench_tokenizer}[row["task"]]
+            "clean": bench_clean, "tokenizer": bench_tokenizer, "shard": bench_shard}[row["task"]]
     result = task(row, device, dtype)
     if device.type == "cuda":
         result["peak memory (MB)"] = torch.cuda.max_memory_allocated() / 2**20
@@ -314,7 +357,9 @@ def main(argv=None):
                             ("train", "adamw", "generate")),
                            (("MB/s", "documents", "kept", "peak memory (MB)"), ("clean",)),
                            (("ids", "characters", "tokens", "tokens/char", "training (s)",
-                             "peak memory (MB)"), ("tokenizer",))):
+                             "peak memory (MB)"), ("tokenizer",)),
+                           (("parameters (MB)", "gradients (MB)", "optimizer (MB)",
+                             "peak memory (MB)"), ("shard",))):
         rows = [r for r in chosen if ROWS[r]["task"] in tasks]
         if rows:  # one table per kind of row, with the columns that kind measures
             print(f"\n| row | {' | '.join(columns)} |\n| --- |" + " ---: |" * len(columns))

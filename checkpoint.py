@@ -8,6 +8,7 @@ checks, and turns it into a model again.
   * `save_checkpoint`: atomic (a temporary file, flushed, then renamed over the old one);
   * `load_checkpoint`: refuses what is not a checkpoint, with one line that says why;
   * `objective_for`: the one place that maps the model kind (--model gpt|bert) to its objective;
+  * `fit_vocabulary`: a model's vocabulary for the data's tokenizer (or a refusal);
   * `load_model`: a checkpoint's model with its trained weights, objective and tokenizer;
     `load_gpt2`: OpenAI's GPT-2;
   * `rng_state`, `gather_rng`, `set_rng_state`: every random number generator of every process,
@@ -17,6 +18,7 @@ Read next: sample.py.
 """
 
 import contextlib
+import dataclasses
 import os
 import random
 from pathlib import Path
@@ -31,7 +33,7 @@ import shard
 from clm import CLM
 from mlm import MLM
 from model import EOT_ID, GPT, ModelConfig
-from runtime import UserError
+from runtime import ConfigError, UserError
 
 GPT2_PATH = "data/gpt2/pytorch_model.bin"  # where --init_from gpt2 finds (or downloads) GPT-2
 KEYS = {"model", "optimizer", "scaler", "step", "model_config", "train_config", "best_val_loss",
@@ -134,6 +136,29 @@ def load_model(checkpoint, model_config=None):
     model = objective.Model(model_config or ModelConfig(**checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model"])
     return model, objective, enc
+
+
+def fit_vocabulary(mcfg, cfg, checkpoint, given):
+    """(model config, <|endoftext|> id) for the data's tokenizer: unless --vocab_size is given, a
+    fresh model gets rows for its ids and [MASK] (the id after <|endoftext|>), rounded up to a
+    multiple of 64 (model.py says why). Weights trained on other tokens are refused."""
+    meta, vocab = data.read_meta(cfg.data_dir), data.read_vocab(cfg.data_dir)
+    need = meta["eot_id"] + 2
+    if checkpoint is not None and checkpoint.get("tokenizer") != vocab:
+        raise CheckpointError(f"cannot resume: the checkpoint was trained with another tokenizer "
+                              f"than --data_dir {cfg.data_dir}'s ({meta['tokenizer']}): resume "
+                              f"on the data it was trained on")
+    if cfg.init_from == "gpt2" and vocab is not None:
+        raise ConfigError(f"--init_from gpt2: GPT-2 knows GPT-2's tokens, but --data_dir "
+                                  f"{cfg.data_dir} has a trained tokenizer: prepare the text "
+                                  f"into a folder of its own without --vocab_size")
+    if cfg.init_from == "scratch" and "vocab_size" not in given:
+        mcfg = dataclasses.replace(mcfg, vocab_size=-(-need // 64) * 64)
+    if mcfg.vocab_size < need:
+        raise ConfigError(f"--vocab_size {mcfg.vocab_size}: {meta['tokenizer']}'s "
+                                  f"{need - 1:,} ids and [MASK] need {need:,} (a multiple of 64 is "
+                                  f"fastest)")
+    return mcfg, meta["eot_id"]
 
 
 def load_gpt2(path, block_size, dropout):

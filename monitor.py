@@ -5,20 +5,51 @@ learning rate, gradient norm, tokens/s, MFU, skipped steps, val loss); this file
   * out_dir/log.jsonl: one JSON record per optimizer step, easy to read back with any tool;
   * out_dir/loss.svg: the train and val loss curves, drawn with the standard library (open it in
     a browser);
+  * the first lines a run prints (what it trains, on what, tokens per step) and its last ones
+    (the val metrics, where everything went);
   * the peak FLOP/s of known GPUs, for MFU (model FLOPs utilisation, PaLM appendix B).
 
 Read next: checkpoint.py.
 """
 
 import json
+from pathlib import Path
 from xml.sax.saxutils import escape
 
 import torch
 from tqdm import tqdm
 
+import runtime
+from model import num_params
+
 PEAK_FLOPS = {  # dense bf16/fp16 tensor-core FLOP/s from NVIDIA's data sheets, matched in names
     "H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12,
 }
+
+
+def print_start(run, splits, cfg, device, dtype, world):
+    """What a run trains, on what, and how many tokens one step takes (train.py's first lines)."""
+    raw = runtime.unwrap(run.model)
+    T, B, accum = raw.config.block_size, cfg.batch_size, cfg.grad_accum_steps
+    runtime.say(f"{run.objective.Model.__name__}: {num_params(raw) / 1e6:.2f}M parameters "
+        f"({num_params(raw, False) / 1e6:.2f}M without positions) on {device}, "
+        f"{str(dtype).removeprefix('torch.')}\n"
+        f"data: {cfg.data_dir}: {len(splits['train']):,} train and {len(splits['val']):,} val "
+        f"tokens\ntokens per step: {B} sequences x {T} tokens x {accum} micro-steps x {world} "
+        f"processes = {B * T * accum * world:,}")
+
+
+def print_end(run, cfg, metrics, seconds, checkpoint):
+    """Where a session ended, the last val metrics, and where its outputs went."""
+    over = "the whole val split" if cfg.eval_iters == 0 else f"the first {cfg.eval_iters} batches"
+    skipped = f"; {run.skipped_steps} steps skipped by the fp16 loss scaler" \
+        if run.scaler.is_enabled() else ""
+    out_dir = Path(cfg.out_dir)
+    runtime.say(f"done: step {run.step}, {run.tokens:,} tokens seen, {seconds:.0f} s in this "
+                f"session\n"
+        f"val {run.objective.describe(metrics)} (over {over}){skipped}\n"
+        f"checkpoint: {checkpoint}\nlog: {out_dir / 'log.jsonl'}\n"
+        f"loss curve: {out_dir / 'loss.svg'}")
 
 
 def peak_flops(device, dtype):

@@ -31,6 +31,7 @@ Run:
     python sample.py --prompt "The history of the"                 (the GPT in out/ckpt.pt)
     python sample.py --ckpt out-bert/ckpt.pt --prompt "The capital of France is [MASK] ."
     python sample.py --eval test                                    perplexity on the test split
+    python sample.py --ckpt out/ckpt.dcp --prompt "The"             a sharded run's (--fsdp)
     python sample.py --init_from gpt2 --prompt "Hello"              OpenAI's GPT-2 (124M)
     python sample.py --export_hf out/hf                             for transformers
 Read next: export.py, then EXERCISES.md.
@@ -49,7 +50,7 @@ import torch.nn.functional as F
 import data
 import export
 import runtime
-from checkpoint import GPT2_PATH, load_checkpoint, load_gpt2, load_model
+from checkpoint import GPT2_PATH, checkpoint_path, load_checkpoint, load_gpt2, load_model
 from checkpoint import objective_for
 from model import MASK_ID
 
@@ -155,7 +156,7 @@ def load(args, device):
     if args.init_from == "gpt2":
         model = load_gpt2(args.gpt2_path, 1024, 0.0)
         return model.to(device).eval(), objective_for("gpt"), data.tokenizer(), args.data_dir
-    checkpoint = load_checkpoint(args.ckpt)
+    checkpoint = load_checkpoint(args.ckpt or checkpoint_path("out"))
     model, objective, enc = load_model(checkpoint)
     data_dir = args.data_dir or checkpoint["train_config"]["data_dir"]
     return model.to(device).eval(), objective, enc, data_dir
@@ -244,7 +245,8 @@ def parse_args(argv):
     parser = runtime.Parser(prog="sample.py", description="Sample from a GPT, fill masks with a "
                                                           "BERT, or measure perplexity.")
     add = parser.add_argument
-    add("--ckpt", default="out/ckpt.pt", help="checkpoint written by train.py")
+    add("--ckpt", default=None, help="checkpoint written by train.py (default: out/ckpt.pt, or "
+                                     "the folder out/ckpt.dcp of a --fsdp run)")
     add("--init_from", choices=("ckpt", "gpt2"), default="ckpt",
         help="gpt2: OpenAI's weights instead of --ckpt")
     add("--gpt2_path", default=GPT2_PATH, help="GPT-2's pytorch_model.bin")

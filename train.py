@@ -23,8 +23,11 @@ Run:
 
 Several processes (data parallel, DistributedDataParallel): each process holds the whole model,
 reads its own batches, and the gradients are averaged across processes before each update.
+With --fsdp each process holds only a slice of the weights, gradients and AdamW's moments
+(shard.py), and checkpoints are folders of slices (out/ckpt.dcp).
     torchrun --standalone --nproc_per_node=4 train.py     4 GPUs (or CPU processes), one machine
-    (README: several machines)
+    torchrun --standalone --nproc_per_node=4 train.py --fsdp          the same, sharded
+    (README: several machines; "Sharding")
 
 Read next: sample.py (using what you trained).
 """
@@ -34,7 +37,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -48,10 +51,10 @@ import monitor
 import runtime
 import shard
 from adamw import AdamW
-from checkpoint import GPT2_PATH, CheckpointError, checkpoint_path, load_checkpoint, load_gpt2
-from checkpoint import load_model
+from checkpoint import GPT2_PATH, CheckpointError, checkpoint_path, fit_vocabulary
+from checkpoint import load_checkpoint, load_gpt2, load_model
 from checkpoint import gather_rng, lock, objective_for, save_checkpoint, set_rng_state
-from model import ModelConfig, check, check_choices, flops_per_token, num_params, param_groups
+from model import ModelConfig, check, check_choices, flops_per_token, param_groups
 from model import setting
 from runtime import say
 
@@ -213,7 +216,7 @@ def loop(run, splits, cfg, device, dtype):
     flops = flops_per_token(raw, T, run.objective.head_fraction)
     peak = monitor.peak_flops(device, dtype)
     name = run.objective.Model.__name__  # (type(raw) may be FSDP's subclass of it)
-    print_start(run, splits, cfg, device, dtype, world)
+    monitor.print_start(run, splits, cfg, device, dtype, world)
     out_dir, start_time, metrics = Path(cfg.out_dir), time.time(), {}
     records = monitor.start_log(out_dir / "log.jsonl", run.step) if runtime.is_main() else []
     saved = run.step  # the step of the checkpoint on disk (0: none yet)
@@ -249,7 +252,7 @@ def loop(run, splits, cfg, device, dtype):
     except (FloatingPointError, KeyboardInterrupt) as e:
         raise stopped(e, run.step, checkpoint_path(out_dir), saved) from None
     bar.close()
-    print_end(run, cfg, metrics, time.time() - start_time)
+    monitor.print_end(run, cfg, metrics, time.time() - start_time, checkpoint_path(out_dir))
 
 
 def stopped(reason, step, path, saved):
@@ -261,29 +264,6 @@ def stopped(reason, step, path, saved):
     return runtime.UserError(f"{reason} at step {step + 1}: training diverged, and nothing was "
                              f"saved from it; {go_on}, with a lower --lr or a longer "
                              f"--warmup_steps (or --dtype bfloat16 instead of float16)")
-
-
-def fit_vocabulary(mcfg, cfg, checkpoint, given):
-    """(model config, <|endoftext|> id) for the data's tokenizer: unless --vocab_size is given, a
-    fresh model gets rows for its ids and [MASK] (the id after <|endoftext|>), rounded up to a
-    multiple of 64 (model.py says why). Weights trained on other tokens are refused."""
-    meta, vocab = data.read_meta(cfg.data_dir), data.read_vocab(cfg.data_dir)
-    need = meta["eot_id"] + 2
-    if checkpoint is not None and checkpoint.get("tokenizer") != vocab:
-        raise CheckpointError(f"cannot resume: the checkpoint was trained with another tokenizer "
-                              f"than --data_dir {cfg.data_dir}'s ({meta['tokenizer']}): resume "
-                              f"on the data it was trained on")
-    if cfg.init_from == "gpt2" and vocab is not None:
-        raise runtime.ConfigError(f"--init_from gpt2: GPT-2 knows GPT-2's tokens, but --data_dir "
-                                  f"{cfg.data_dir} has a trained tokenizer: prepare the text "
-                                  f"into a folder of its own without --vocab_size")
-    if cfg.init_from == "scratch" and "vocab_size" not in given:
-        mcfg = replace(mcfg, vocab_size=-(-need // 64) * 64)
-    if mcfg.vocab_size < need:
-        raise runtime.ConfigError(f"--vocab_size {mcfg.vocab_size}: {meta['tokenizer']}'s "
-                                  f"{need - 1:,} ids and [MASK] need {need:,} (a multiple of 64 is "
-                                  f"fastest)")
-    return mcfg, meta["eot_id"]
 
 
 def next_batch(run, tokens, B, T, device):
@@ -419,30 +399,6 @@ def resume_configs(checkpoint, given, out_dir):
                               f"{'; '.join(diffs)}")
     session = {"stop_at": 0, "out_dir": out_dir}  # not kept from the last session
     return make_configs({**saved_model, **saved_train, **session, **given})
-
-
-# Monitoring ---------------------------------------------------------------------------------------
-
-def print_start(run, splits, cfg, device, dtype, world):
-    raw = runtime.unwrap(run.model)
-    T, B, accum = raw.config.block_size, cfg.batch_size, cfg.grad_accum_steps
-    say(f"{run.objective.Model.__name__}: {num_params(raw) / 1e6:.2f}M parameters "
-        f"({num_params(raw, False) / 1e6:.2f}M without positions) on {device}, "
-        f"{str(dtype).removeprefix('torch.')}\n"
-        f"data: {cfg.data_dir}: {len(splits['train']):,} train and {len(splits['val']):,} val "
-        f"tokens\ntokens per step: {B} sequences x {T} tokens x {accum} micro-steps x {world} "
-        f"processes = {B * T * accum * world:,}")
-
-
-def print_end(run, cfg, metrics, seconds):
-    over = "the whole val split" if cfg.eval_iters == 0 else f"the first {cfg.eval_iters} batches"
-    skipped = f"; {run.skipped_steps} steps skipped by the fp16 loss scaler" \
-        if run.scaler.is_enabled() else ""
-    out_dir = Path(cfg.out_dir)
-    say(f"done: step {run.step}, {run.tokens:,} tokens seen, {seconds:.0f} s in this session\n"
-        f"val {run.objective.describe(metrics)} (over {over}){skipped}\n"
-        f"checkpoint: {checkpoint_path(out_dir)}\nlog: {out_dir / 'log.jsonl'}\n"
-        f"loss curve: {out_dir / 'loss.svg'}")
 
 
 # The command line: the fields of ModelConfig and TrainConfig become --flags ----------------------

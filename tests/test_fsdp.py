@@ -97,7 +97,7 @@ def test_each_process_holds_half_of_the_parameters_gradients_and_moments(sharded
             assert n == pytest.approx(whole[kind] / 2, rel=0.01), (rank, kind)
 
 
-# train.py --fsdp in two processes, its checkpoint, and sample.py -----------------------------------
+# train.py --fsdp in two processes, its checkpoint, and sample.py ----------------------------------
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
@@ -153,3 +153,12 @@ def test_a_sharded_run_resumes_exactly_and_one_process_reads_its_checkpoint(corp
                 "6", "--no-fsdp"])
     assert load_checkpoint(tmp_path / "halves/ckpt.pt")["step"] == 6
     assert not (tmp_path / "halves/ckpt.dcp").exists()  # one checkpoint per out_dir
+    # ...and back: a ckpt.pt resumed sharded, its AdamW moments cut into slices
+    moments = load_checkpoint(tmp_path / "halves/ckpt.pt")["optimizer"]["state"]
+    launch(corpus, tmp_path / "halves", "--init_from", "resume", "--max_steps", "7")
+    after = load_checkpoint(tmp_path / "halves/ckpt.dcp")
+    beta2 = after["train_config"]["beta2"]
+    for i, state in moments.items():  # v = beta2 v + (1 - beta2) g^2 >= beta2 v: v went on
+        assert after["optimizer"]["state"][i]["step"] == state["step"] + 1
+        assert (after["optimizer"]["state"][i]["exp_avg_sq"] >= beta2 * state["exp_avg_sq"]
+                - 1e-12).all()
