@@ -36,13 +36,11 @@ import tempfile
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 from runtime import UserError
+
+# torch.distributed's FSDP and checkpoint modules take over a second to import, which every run
+# of train.py and sample.py would pay; the functions below import what they use when called.
 
 
 def wrap(model, device, dtype):
@@ -52,6 +50,8 @@ def wrap(model, device, dtype):
     with the device type: on CPUs it must say "cpu", or parameters could move to a GPU that
     happens to exist. On a GPU, FSDP's mixed precision replaces autocast: weights are gathered in
     bfloat16 and gradients reduced in float32 (train.py then turns autocast off)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     low = device.type == "cuda" and dtype == torch.bfloat16
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if low \
@@ -63,8 +63,8 @@ def wrap(model, device, dtype):
 
 
 def local(tensor):
-    """This process's slice of a sharded tensor (a plain tensor is all local)."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+    """This process's slice of a sharded tensor (a DTensor); a plain tensor is all local."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def bytes_held(model, optimizer):
@@ -82,6 +82,7 @@ def save(path, model, optimizer, meta):
     """Write a checkpoint folder: every process its slices of the weights and moments (DCP), rank
     0 the rest (meta.pt). All of it goes into path.tmp first, which replaces path once complete:
     a crash leaves the old checkpoint, or (between two renames) path.old, which `find` takes."""
+    import torch.distributed.checkpoint as dcp
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     if dist.get_rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -108,6 +109,7 @@ def find(path):
 def load(path, model, optimizer):
     """Read a checkpoint folder's slices into a sharded model and its optimizer, in place, for
     however many processes there are now (DCP reslices)."""
+    import torch.distributed.checkpoint as dcp
     names = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
     opt = {"state": {}, "param_groups": optimizer.state_dict()["param_groups"]}
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -123,6 +125,7 @@ def load(path, model, optimizer):
 
 def slice_like(optimizer_state, optimizer):
     """A whole-tensor optimizer state (from ckpt.pt) cut into this process's slices."""
+    from torch.distributed.tensor import distribute_tensor
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for i, s in optimizer_state["state"].items():
         p = params[i]
@@ -135,6 +138,7 @@ def read_checkpoint(path, tensors=True):
     """A checkpoint folder as a checkpoint dict (train.py's keys). tensors=False: meta.pt only
     (a sharded run then loads its slices with `load`); True: with the whole tensors, for one
     process. "sharded" names the folder."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
     path = find(path)
     try:
         checkpoint = torch.load(path / "meta.pt", map_location="cpu", weights_only=True)

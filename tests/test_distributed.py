@@ -1,6 +1,8 @@
-"""Data parallelism: two CPU processes (gloo) compute what one process computes with twice the
-gradient accumulation; evaluation split across them gives the single-process number; torchrun runs
-train.py with only rank 0 writing, and a distributed run resumes exactly."""
+"""Data parallelism, copied (DDP) and sharded (FSDP, shard.py): two CPU processes (gloo) compute
+what one process computes with twice the gradient accumulation; evaluation split across them gives
+the single-process number; sharded, each holds half of the parameters, gradients and moments;
+torchrun runs train.py with only rank 0 writing, and a distributed run resumes exactly, sharded
+too, from a checkpoint that one process (sample.py, a resume without --fsdp) reads whole."""
 
 import json
 import os
@@ -17,6 +19,8 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 import data
+import sample
+import shard
 import train
 from adamw import AdamW
 from checkpoint import load_checkpoint, objective_for
@@ -61,15 +65,48 @@ def run_steps(model, kind, losses=None):
     return [p.detach().clone() for p in raw.parameters()], (metrics["loss"], metrics["tokens"])
 
 
-def worker(rank, port, out, kind):
+def worker(rank, port, out):
+    """In each of two processes: both models trained copied (DDP) and sharded (FSDP); then the
+    bytes a sharded process holds after one step."""
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        torch.manual_seed(0)
-        model = objective_for(kind).Model(ModelConfig(**CONFIG))
-        params, evaluation = run_steps(DistributedDataParallel(model), kind)
-        torch.save({"params": params, "evaluation": evaluation}, f"{out}/rank{rank}.pt")
+        results = {"ddp": {}, "fsdp": {}, "bytes": held_after_one_step(sharded=True)}
+        for kind, config in CASES.items():
+            torch.manual_seed(0)
+            model = DistributedDataParallel(objective_for(kind).Model(ModelConfig(**config)))
+            losses = []
+            params, evaluation = run_steps(model, kind, losses)
+            results["ddp"][kind] = {"params": params, "evaluation": evaluation, "losses": losses}
+            results["fsdp"][kind] = sharded_steps(kind, config)
+        torch.save(results, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+CASES = {"gpt": CONFIG, "bert": {**CONFIG, "grad_checkpointing": True}}  # (it composes with FSDP)
+
+
+def sharded_steps(kind, config):
+    torch.manual_seed(0)
+    model = shard.wrap(objective_for(kind).Model(ModelConfig(**config)), torch.device("cpu"),
+                       torch.float32)
+    losses = []
+    _, evaluation = run_steps(model, kind, losses)
+    model.reshard()  # after an evaluation the root module's weights are still gathered
+    params = [p.full_tensor() for p in model.parameters()]  # every process's slices, joined
+    return {"params": params, "evaluation": evaluation, "losses": losses}
+
+
+def held_after_one_step(sharded):
+    torch.manual_seed(0)
+    model = objective_for("gpt").Model(ModelConfig(**{**CONFIG, "n_embd": 64}))
+    if sharded:
+        shard.wrap(model, torch.device("cpu"), torch.float32)
+    optimizer = AdamW(param_groups(model, 0.1), lr=1e-3)
+    idx = torch.randint(0, 50256, (2, 16))
+    model(idx, torch.roll(idx, -1, 1)).backward()
+    optimizer.step()
+    return shard.bytes_held(model, optimizer)
 
 
 def free_port():
@@ -78,21 +115,62 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("kind", ["gpt", "bert"])
-def test_two_processes_equal_one_process_with_twice_the_accumulation(tmp_path, kind):
-    mp.spawn(worker, args=(free_port(), str(tmp_path), kind), nprocs=2)
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """What each of two processes computed: {rank: results}."""
+    out = tmp_path_factory.mktemp("two")
+    mp.spawn(worker, args=(free_port(), str(out)), nprocs=2)
+    return {rank: torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)}
+
+
+@pytest.fixture(scope="module")
+def one_process():
+    """The same steps in one process with twice the accumulation: {kind: results}."""
+    results = {}
+    for kind, config in CASES.items():
+        torch.manual_seed(0)
+        losses = []
+        params, evaluation = run_steps(objective_for(kind).Model(ModelConfig(**config)), kind,
+                                       losses)
+        results[kind] = {"params": params, "evaluation": evaluation, "losses": losses}
+    return results
+
+
+def check_equal(result, single):
+    assert result["losses"] == pytest.approx(single["losses"], abs=1e-5)
+    for p, q in zip(result["params"], single["params"]):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=0)
+    # evaluation split across the two processes: the single-process loss, token count included
+    assert result["evaluation"][0] == pytest.approx(single["evaluation"][0], rel=1e-6)
+    assert result["evaluation"][1] == single["evaluation"][1]
+
+
+@pytest.mark.parametrize("kind", CASES)
+def test_two_processes_equal_one_process_with_twice_the_accumulation(two_processes, one_process,
+                                                                     kind):
     torch.manual_seed(0)
-    single_params, single_evaluation = run_steps(objective_for(kind).Model(ModelConfig(**CONFIG)), kind)
-    torch.manual_seed(0)
-    initial = [p.detach() for p in objective_for(kind).Model(ModelConfig(**CONFIG)).parameters()]
-    assert max((p - q).abs().max() for p, q in zip(single_params, initial)) > 2e-3  # training moved them
+    initial = [p.detach() for p in objective_for(kind).Model(ModelConfig(**CASES[kind])).parameters()]
+    moved = max((p - q).abs().max() for p, q in zip(one_process[kind]["params"], initial))
+    assert moved > 2e-3  # training moved them
     for rank in (0, 1):
-        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
-        for p, q in zip(result["params"], single_params):
-            torch.testing.assert_close(p, q, atol=1e-5, rtol=0)
-        # evaluation split across the two processes: the single-process loss, token count included
-        assert result["evaluation"][0] == pytest.approx(single_evaluation[0], rel=1e-6)
-        assert result["evaluation"][1] == single_evaluation[1]
+        check_equal(two_processes[rank]["ddp"][kind], one_process[kind])
+
+
+@pytest.mark.parametrize("kind", CASES)
+def test_two_sharded_processes_equal_one_process_with_twice_the_accumulation(two_processes,
+                                                                             one_process, kind):
+    for rank in (0, 1):
+        check_equal(two_processes[rank]["fsdp"][kind], one_process[kind])
+
+
+def test_each_sharded_process_holds_half_of_the_parameters_gradients_and_moments(two_processes):
+    whole = held_after_one_step(sharded=False)
+    numel = sum(p.numel() for p in objective_for("gpt").Model(
+        ModelConfig(**{**CONFIG, "n_embd": 64})).parameters())
+    assert whole == {"parameters": 4 * numel, "gradients": 4 * numel, "optimizer": 8 * numel}
+    for rank in (0, 1):  # README, "Sharding": 1/N for N = 1, 2, 4 at GPT-2 sizes
+        for kind, n in two_processes[rank]["bytes"].items():  # give or take uneven slices' padding
+            assert n == pytest.approx(whole[kind] / 2, rel=0.01), (rank, kind)
 
 
 # torchrun ----------------------------------------------------------------------------------------
@@ -105,14 +183,36 @@ def corpus(tmp_path_factory):
     return str(folder / "prepared")
 
 
+FLAGS = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "16", "--batch_size",
+         "2", "--device", "cpu", "--eval_interval", "2", "--warmup_steps", "1"]
+
+
 def torchrun(corpus, out_dir, *flags):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-           "--data_dir", corpus, "--out_dir", str(out_dir), "--n_layer", "1", "--n_head", "2", "--n_embd", "32",
-           "--block_size", "16", "--batch_size", "2", "--device", "cpu", "--eval_interval", "2",
-           "--warmup_steps", "1", *flags]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "train.py", "--data_dir", corpus, "--out_dir", str(out_dir), *FLAGS, *flags]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]  # torchrun fails if either rank does
     return result
+
+
+def launch(corpus, out_dir, *flags):
+    """What torchrun --standalone --nproc_per_node=2 train.py does: two processes with torchrun's
+    environment variables, here started directly (without its launcher process: faster)."""
+    argv = [sys.executable, "train.py", "--data_dir", corpus, "--out_dir", str(out_dir), *FLAGS,
+            *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}
+    ranks = [subprocess.Popen(argv, cwd=REPO, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in (0, 1)]
+    for rank in ranks:
+        _, err = rank.communicate(timeout=300)
+        assert rank.returncode == 0, err[-3000:]
+
+
+def log(out_dir):
+    return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
 
 
 def test_torchrun_writes_from_rank_0_only_and_resumes_exactly(corpus, tmp_path):
@@ -123,10 +223,46 @@ def test_torchrun_writes_from_rank_0_only_and_resumes_exactly(corpus, tmp_path):
     for d in ("straight", "halves"):
         written = sorted(p.name for p in (tmp_path / d).iterdir())
         assert written == ["ckpt.pt", "log.jsonl", "loss.svg", "run.lock"]
-        records = [json.loads(line) for line in (tmp_path / d / "log.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in records] == [1, 2, 3, 4]  # one writer: no line twice
+        assert [r["step"] for r in log(tmp_path / d)] == [1, 2, 3, 4]  # one writer: no line twice
     checkpoints = [load_checkpoint(tmp_path / d / "ckpt.pt") for d in ("straight", "halves")]
     assert len(checkpoints[1]["rng"]) == 2  # every process's RNG state, to give each its own back
     assert not torch.equal(checkpoints[1]["rng"][0]["data"], checkpoints[1]["rng"][1]["data"])
     for k, v in checkpoints[0]["model"].items():
         assert torch.equal(v, checkpoints[1]["model"][k]), k
+
+
+# train.py --fsdp in two processes, its checkpoint, and sample.py ----------------------------------
+
+def test_a_sharded_run_resumes_exactly_and_one_process_reads_its_checkpoint(corpus, tmp_path,
+                                                                           capsys):
+    launch(corpus, tmp_path / "straight", "--max_steps", "4", "--fsdp")
+    launch(corpus, tmp_path / "halves", "--max_steps", "4", "--stop_at", "2", "--fsdp")
+    assert (tmp_path / "halves/ckpt.dcp/meta.pt").exists()  # a folder of slices, not ckpt.pt
+    launch(corpus, tmp_path / "halves", "--init_from", "resume", "--fsdp")
+    straight, halves = log(tmp_path / "straight"), log(tmp_path / "halves")
+    assert [r["loss"] for r in halves] == [r["loss"] for r in straight]
+    whole = [load_checkpoint(tmp_path / d / "ckpt.dcp") for d in ("straight", "halves")]
+    assert whole[0]["step"] == whole[1]["step"] == 4 and len(whole[1]["rng"]) == 2
+    for name, value in whole[0]["model"].items():
+        assert torch.equal(value, whole[1]["model"][name]), name
+    # One process, the whole model: the val loss the two sharded processes measured at step 4
+    sample.main(["--ckpt", str(tmp_path / "halves/ckpt.dcp"), "--eval", "val", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert f"loss {halves[-1]['val_loss']:.4f}" in printed
+    sample.main(["--ckpt", str(tmp_path / "halves/ckpt.dcp"), "--prompt", "Two processes",
+                 "--max_new_tokens", "5", "--device", "cpu"])
+    assert capsys.readouterr().out.startswith("--- sample 1 ---\nTwo processes")
+    # ...and a resume without --fsdp, in one process: it goes on, into ckpt.pt
+    train.main(["--init_from", "resume", "--out_dir", str(tmp_path / "halves"), "--max_steps",
+                "6", "--no-fsdp"])
+    assert load_checkpoint(tmp_path / "halves/ckpt.pt")["step"] == 6
+    assert not (tmp_path / "halves/ckpt.dcp").exists()  # one checkpoint per out_dir
+    # ...and back: a ckpt.pt resumed sharded, its AdamW moments cut into slices
+    moments = load_checkpoint(tmp_path / "halves/ckpt.pt")["optimizer"]["state"]
+    launch(corpus, tmp_path / "halves", "--init_from", "resume", "--max_steps", "7", "--fsdp")
+    after = load_checkpoint(tmp_path / "halves/ckpt.dcp")
+    beta2 = after["train_config"]["beta2"]
+    for i, state in moments.items():  # v = beta2 v + (1 - beta2) g^2 >= beta2 v: v went on
+        assert after["optimizer"]["state"][i]["step"] == state["step"] + 1
+        assert (after["optimizer"]["state"][i]["exp_avg_sq"] >= beta2 * state["exp_avg_sq"]
+                - 1e-12).all()
