@@ -427,8 +427,8 @@ def make_configs(settings):
 def check_settings(cfg, given):
     """Refuse settings that cannot work together, in one line that names the flags."""
     if cfg.fsdp and "RANK" not in os.environ:
-        raise runtime.ConfigError("--fsdp shards across torchrun's processes: run  torchrun "
-                                  "--standalone --nproc_per_node=N train.py --fsdp")
+        raise runtime.ConfigError("--fsdp shards the model across the processes that torchrun "
+                                  "starts: run train.py under torchrun (README, Sharding)")
     architecture = {"vocab_size", "n_layer", "n_head", "n_embd", "bias"}
     if cfg.init_from == "gpt2" and (cfg.model != "gpt" or given.keys() & architecture):
         raise runtime.ConfigError("--init_from gpt2 takes its architecture from GPT-2's weights: "

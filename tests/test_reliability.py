@@ -168,6 +168,12 @@ def test_a_vocabulary_smaller_than_the_tokenizer_is_refused(flags_of, corpus, tm
              "--vocab_size", "1000"], "train.py", "--vocab_size 1000: gpt2's 50,257 ids", flags_of)
 
 
+def test_fsdp_without_torchrun_is_refused(flags_of, corpus, tmp_path):
+    refusal(["--data_dir", str(corpus / "prepared"), "--out_dir", str(tmp_path), *TINY, "--fsdp"],
+            "train.py", "--fsdp shards the model across the processes that torchrun starts",
+            flags_of)
+
+
 def test_weights_and_data_of_different_tokenizers_are_refused(flags_of, corpus, tmp_path):
     """A checkpoint or GPT-2's weights learned other ids than the data's trained tokenizer gives."""
     refusal(["--text", str(corpus / "text.txt"), "--data_dir", str(tmp_path / "small"),
