@@ -357,9 +357,11 @@ def save_run(out_dir, run, cfg):
     elif runtime.is_main():
         save_checkpoint(path, {"model": raw.state_dict(), "optimizer": run.optimizer.state_dict(),
                                **meta})
-    if runtime.is_main():  # the other kind, from before a switch with or without --fsdp, goes
-        other = out_dir / ("ckpt.pt" if cfg.fsdp else "ckpt.dcp")
-        shutil.rmtree(other) if other.is_dir() else other.unlink(missing_ok=True)
+    other = out_dir / ("ckpt.pt" if cfg.fsdp else "ckpt.dcp")  # from before a switch of --fsdp
+    if runtime.is_main() and other.is_dir():
+        shutil.rmtree(other)
+    elif runtime.is_main():
+        other.unlink(missing_ok=True)
 
 
 def restore_run(run, checkpoint, cfg):
