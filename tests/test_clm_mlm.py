@@ -28,7 +28,9 @@ def test_clm_loss_is_next_token_cross_entropy_written_out_by_hand():
             total -= log_probs[target].item()
             count += 1
     assert count == 18 - 3 - 1
-    assert clm_loss(logits, next_token_targets(idx)).item() == pytest.approx(total / count, rel=1e-6)
+    assert clm_loss(logits, next_token_targets(idx)).item() == pytest.approx(
+        total / count, rel=1e-6
+    )
 
 
 def test_clm_loss_equals_cross_entropy_on_tensors_shifted_by_hand():
@@ -59,8 +61,9 @@ def corpus():
     special = torch.rand(idx.shape, generator=g)
     idx[special < 0.02] = EOT_ID
     idx[(special >= 0.02) & (special < 0.03)] = MASK_ID
-    idx[(special >= 0.03) & (special < 0.05)] = torch.randint(MASK_ID + 1, 50304, idx.shape, generator=g)[
-        (special >= 0.03) & (special < 0.05)]
+    idx[(special >= 0.03) & (special < 0.05)] = torch.randint(
+        MASK_ID + 1, 50304, idx.shape, generator=g
+    )[(special >= 0.03) & (special < 0.05)]
     return idx
 
 
@@ -84,12 +87,17 @@ def test_mask_tokens_selection_and_80_10_10_split(corpus):
 
 
 def test_random_replacements_are_uniform_over_the_ordinary_vocabulary(corpus):
-    inputs, labels = mask_tokens(corpus, torch.Generator().manual_seed(2), mask_frac=0.0, random_frac=1.0)
+    inputs, labels = mask_tokens(
+        corpus, torch.Generator().manual_seed(2), mask_frac=0.0, random_frac=1.0
+    )
     replaced = inputs[labels != -100]
-    # Uniform over 0..50255: mean 25127.5, and each quarter of the range gets a quarter of the draws.
+    # Uniform over 0..50255: mean 25127.5, and each quarter of the range gets a quarter of the
+    # draws.
     assert replaced.double().mean().item() == pytest.approx(25127.5, rel=0.02)
     quarters = torch.bincount(replaced * 4 // EOT_ID, minlength=4) / replaced.numel()
-    torch.testing.assert_close(quarters, torch.full((4,), 0.25, dtype=quarters.dtype), atol=0.01, rtol=0)
+    torch.testing.assert_close(
+        quarters, torch.full((4,), 0.25, dtype=quarters.dtype), atol=0.01, rtol=0
+    )
 
 
 def test_mask_tokens_is_reproducible_from_the_generator_state():
@@ -117,7 +125,9 @@ def test_sparse_mlm_loss_equals_dense_mlm_loss():
     chosen = labels != -100
     dense = mlm_loss(logits, labels)
     sparse = mlm_loss(logits[chosen], labels[chosen])
-    by_hand = -torch.stack([F.log_softmax(logits[b, t], -1)[labels[b, t]] for b, t in chosen.nonzero()]).mean()
+    by_hand = -torch.stack(
+        [F.log_softmax(logits[b, t], -1)[labels[b, t]] for b, t in chosen.nonzero()]
+    ).mean()
     torch.testing.assert_close(dense, by_hand)
     torch.testing.assert_close(sparse, by_hand)
 

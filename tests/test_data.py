@@ -19,8 +19,9 @@ from mlm import MLM
 from model import EOT_ID
 
 ARTICLES = [
-    " = Alpha Centauri = \n \n Alpha Centauri is a star system 4 @.@ 37 light @-@ years away . \n \n"
-    " = = Name = = \n \n The name means \" the foot of the centaur \" . \n \n",
+    " = Alpha Centauri = \n \n Alpha Centauri is a star system 4 @.@ 37 light @-@ years away . "
+    "\n \n"
+    ' = = Name = = \n \n The name means " the foot of the centaur " . \n \n',
     " = Ödön von Horváth = \n \n Ödön von Horváth ( 1901 – 1938 ) wrote plays in German . \n \n",
     " = The 1 @,@ 000 Guineas = \n \n A horse race run over a mile , first held in 1814 . \n",
 ]
@@ -29,7 +30,11 @@ ARTICLES = [
 def write_wikitext(folder, variant="raw", articles=ARTICLES):
     """Three small split files in WikiText's format; returns the line counts to expect."""
     folder.mkdir(parents=True, exist_ok=True)
-    texts = {"train": " \n" + "".join(articles), "val": " \n" + articles[1], "test": " \n" + articles[2]}
+    texts = {
+        "train": " \n" + "".join(articles),
+        "val": " \n" + articles[1],
+        "test": " \n" + articles[2],
+    }
     for split, name in zip(fetch.SPLITS, fetch.WIKITEXT[variant]["files"]):
         (folder / name).write_text(texts[split], encoding="utf-8")
     return texts, {"lines": {s: t.count("\n") for s, t in texts.items()}, "sha256": {}}
@@ -53,13 +58,17 @@ def test_each_bin_holds_exactly_the_tokens_of_its_articles_separated_by_eot(tmp_
     texts, expected = write_wikitext(tmp_path)
     meta = data.prepare(tmp_path, expected=expected)
     enc = data.tokenizer()
-    train_docs = ARTICLES  # the leading blank line forms a whitespace-only document, which is dropped
+    # the leading blank line forms a whitespace-only document, which is dropped
+    train_docs = ARTICLES
     by_hand = [i for doc in train_docs for i in enc.encode_ordinary(doc) + [EOT_ID]]
     assert tokens(tmp_path / "train.bin") == by_hand
     assert tokens(tmp_path / "val.bin") == enc.encode_ordinary(ARTICLES[1]) + [EOT_ID]
     assert meta["tokens"] == {"train": len(by_hand), "val": len(tokens(tmp_path / "val.bin")),
                               "test": len(tokens(tmp_path / "test.bin"))}
-    assert enc.decode(tokens(tmp_path / "train.bin")) == "<|endoftext|>".join(ARTICLES) + "<|endoftext|>"
+    assert (
+        enc.decode(tokens(tmp_path / "train.bin"))
+        == "<|endoftext|>".join(ARTICLES) + "<|endoftext|>"
+    )
 
 
 def test_section_headings_do_not_start_documents():
@@ -114,7 +123,10 @@ def test_a_folder_made_from_a_relative_path_is_up_to_date_for_train_py(tmp_path,
 
 
 def test_long_text_read_in_pieces_tokenizes_like_the_whole(tmp_path):
-    text = ("Line one,  with two spaces.\n\n\nThree newlines;\ttab \n word's end. 1,000 — ünïcode!  \n" * 40)
+    text = (
+        "Line one,  with two spaces.\n\n\nThree newlines;\ttab \n word's end. 1,000 — ünïcode!  \n"
+        * 40
+    )
     path = tmp_path / "long.txt"
     path.write_text(text, encoding="utf-8")
     pieces = list(data.text_pieces(path, piece_chars=64))
@@ -146,7 +158,8 @@ def test_training_windows_are_contiguous_slices_inside_the_file(counting):
     short = counting[:100]  # 69 possible windows of 32: 1,600 draws reach every one of them
     starts = torch.cat([data.get_batch(short, 8, 32, g) for _ in range(200)])
     assert torch.all(starts[:, 1:] - starts[:, :-1] == 1)  # consecutive tokens of the file
-    assert sorted(set(starts[:, 0].tolist())) == list(range(100 - 32 + 1))  # all inside, none missed
+    # all inside, none missed
+    assert sorted(set(starts[:, 0].tolist())) == list(range(100 - 32 + 1))
 
 
 def test_the_same_generator_state_gives_the_same_batches(counting):
@@ -211,7 +224,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     files = {}
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("H", (Handler,), {"files": files}))
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), type("H", (Handler,), {"files": files})
+    )
     threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
     yield files, f"http://127.0.0.1:{httpd.server_address[1]}/"
     httpd.shutdown()
@@ -227,7 +242,9 @@ def wikitext_zip(tmp_path):
 
 
 def leftovers(folder):
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith("wiki") or p.suffix == ".part")
+    return sorted(
+        p.name for p in folder.iterdir() if p.name.startswith("wiki") or p.suffix == ".part"
+    )
 
 
 def test_wikitext_is_downloaded_checked_and_extracted(tmp_path, server):
@@ -235,14 +252,20 @@ def test_wikitext_is_downloaded_checked_and_extracted(tmp_path, server):
     body, expected = wikitext_zip(tmp_path)
     files["/wikitext-2-raw-v1.zip"] = (body, len(body))
     meta = data.prepare(tmp_path / "d", mirrors=(url,), expected=expected)
-    assert leftovers(tmp_path / "d") == ["wiki.test.raw", "wiki.train.raw", "wiki.valid.raw", "wikitext-2-raw-v1.zip"]
-    assert tokens(tmp_path / "d/val.bin") == data.tokenizer().encode_ordinary(ARTICLES[1]) + [EOT_ID]
+    assert leftovers(tmp_path / "d") == [
+        "wiki.test.raw", "wiki.train.raw", "wiki.valid.raw", "wikitext-2-raw-v1.zip",
+    ]
+    assert tokens(tmp_path / "d/val.bin") == data.tokenizer().encode_ordinary(ARTICLES[1]) + [
+        EOT_ID
+    ]
     assert meta["source"]["wikitext"]["val"] == "wiki.valid.raw"
 
 
 def test_a_missing_file_on_the_server_gives_the_clear_message(tmp_path, server):
     _, url = server
-    with pytest.raises(data.DataError, match=r"could not be downloaded \(.*404.*Put wikitext-2-raw-v1.zip"):
+    with pytest.raises(
+        data.DataError, match=r"could not be downloaded \(.*404.*Put wikitext-2-raw-v1.zip"
+    ):
         data.prepare(tmp_path, mirrors=(url,))
     assert leftovers(tmp_path) == []
 
@@ -253,7 +276,9 @@ def test_a_zip_cut_short_leaves_nothing_half_written(tmp_path, server, how):
     body, expected = wikitext_zip(tmp_path)
     half = body[: len(body) // 2]
     files["/wikitext-2-raw-v1.zip"] = (half, len(half) if how == "truncated file" else len(body))
-    with pytest.raises(data.DataError, match="could not be downloaded .*(damaged|got .* bytes|IncompleteRead)"):
+    with pytest.raises(
+        data.DataError, match="could not be downloaded .*(damaged|got .* bytes|IncompleteRead)"
+    ):
         fetch.wikitext(tmp_path / "d", mirrors=(url,), expected=expected)
     assert leftovers(tmp_path / "d") == []  # no split, no .part, and not the damaged zip either
 
@@ -275,9 +300,16 @@ def test_a_published_file_with_the_wrong_checksum_is_refused(tmp_path):
 
 def test_offline_with_no_data_exits_with_one_clear_line(tmp_path):
     closed = "http://127.0.0.1:9/"  # the discard port: nothing listens there
-    result = subprocess.run([sys.executable, "data.py", "--data_dir", str(tmp_path / "empty"), "--mirror", closed],
-                            capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    result = subprocess.run(
+        [sys.executable, "data.py", "--data_dir", str(tmp_path / "empty"), "--mirror", closed],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith("error: WikiText-2 is not in") and "https://wikitext.smerity.com/wikitext-2-raw-v1.zip" in message
+    assert (
+        message.startswith("error: WikiText-2 is not in")
+        and "https://wikitext.smerity.com/wikitext-2-raw-v1.zip" in message
+    )

@@ -32,8 +32,11 @@ STEPS, ACCUM = 3, 2  # optimizer steps; micro-batches per process and step
 
 
 def micro_batches(step):
-    """The 2 * ACCUM micro-batches of one step: process r takes the r-th half, one process all of them."""
-    return list(torch.randint(0, 50256, (2 * ACCUM, 4, 16), generator=torch.Generator().manual_seed(step)))
+    """The 2 * ACCUM micro-batches of one step: process r takes the r-th half, one process all of
+    them."""
+    return list(
+        torch.randint(0, 50256, (2 * ACCUM, 4, 16), generator=torch.Generator().manual_seed(step))
+    )
 
 
 def evaluation_split():
@@ -45,9 +48,10 @@ def run_steps(model, kind, losses=None):
     predicted tokens))."""
     objective = objective_for(kind)
     raw = model.module if isinstance(model, DistributedDataParallel) else model
-    # A modest lr: the attention's key bias has a true gradient of exactly 0 (it adds the same amount
-    # to every score of a query, and softmax ignores that), so its gradient is float noise, which Adam
-    # turns into steps of about lr * |noise| / eps that differ between any two ways of summing.
+    # A modest lr: the attention's key bias has a true gradient of exactly 0 (it adds the same
+    # amount to every score of a query, and softmax ignores that), so its gradient is float noise,
+    # which Adam turns into steps of about lr * |noise| / eps that differ between any two ways of
+    # summing.
     optimizer = AdamW(param_groups(raw, 0.1), lr=1e-3)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -57,9 +61,13 @@ def run_steps(model, kind, losses=None):
         share = len(everything) // world
         batches = everything[rank * share : (rank + 1) * share]
         # the same batches (and BERT's masks) whoever computes them
-        batches = [objective.train_batch(b, torch.Generator().manual_seed(100 * step + rank * share + i))
-                   for i, b in enumerate(batches)]
-        loss, _, _ = train.train_step(train.Run(model, optimizer, scaler, objective, None), batches, 1.0, off)
+        batches = [
+            objective.train_batch(b, torch.Generator().manual_seed(100 * step + rank * share + i))
+            for i, b in enumerate(batches)
+        ]
+        loss, _, _ = train.train_step(
+            train.Run(model, optimizer, scaler, objective, None), batches, 1.0, off
+        )
         (losses if losses is not None else []).append(loss)
     metrics = data.evaluate(raw, objective, evaluation_split(), 3, off)
     return [p.detach().clone() for p in raw.parameters()], (metrics["loss"], metrics["tokens"])
@@ -149,7 +157,9 @@ def check_equal(result, single):
 def test_two_processes_equal_one_process_with_twice_the_accumulation(two_processes, one_process,
                                                                      kind):
     torch.manual_seed(0)
-    initial = [p.detach() for p in objective_for(kind).Model(ModelConfig(**CASES[kind])).parameters()]
+    initial = [
+        p.detach() for p in objective_for(kind).Model(ModelConfig(**CASES[kind])).parameters()
+    ]
     moved = max((p - q).abs().max() for p, q in zip(one_process[kind]["params"], initial))
     assert moved > 2e-3  # training moved them
     for rank in (0, 1):
@@ -178,7 +188,9 @@ def test_each_sharded_process_holds_half_of_the_parameters_gradients_and_moments
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ddp")
-    (folder / "text.txt").write_text("Two processes share the work of one. " * 300, encoding="utf-8")
+    (folder / "text.txt").write_text(
+        "Two processes share the work of one. " * 300, encoding="utf-8"
+    )
     data.prepare(folder / "prepared", text=str(folder / "text.txt"), clean_text=False)
     return str(folder / "prepared")
 

@@ -1,5 +1,6 @@
 """EXERCISES.md: each exercise's check (tests/exercises/) is skipped until the student enables it,
-fails on the code as it is, and passes once the reference solution (solutions/*.patch) is applied."""
+fails on the code as it is, and passes once the reference solution (solutions/*.patch) is applied.
+"""
 
 import importlib.util
 import os
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).parents[1]
-EXERCISES = sorted(p.stem.removeprefix("test_") for p in (REPO / "tests/exercises").glob("test_*.py"))
+EXERCISES = sorted(
+    p.stem.removeprefix("test_") for p in (REPO / "tests/exercises").glob("test_*.py")
+)
 
 
 def test_every_test_based_exercise_has_a_check_a_solution_and_a_section():
@@ -27,7 +30,9 @@ def test_every_test_based_exercise_has_a_check_a_solution_and_a_section():
 @pytest.mark.parametrize("name", EXERCISES)
 def test_a_check_is_skipped_until_enabled_and_says_how(name, monkeypatch):
     monkeypatch.delenv("EXERCISE", raising=False)
-    spec = importlib.util.spec_from_file_location(f"check_{name}", REPO / f"tests/exercises/test_{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        f"check_{name}", REPO / f"tests/exercises/test_{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.pytestmark.name == "skipif" and module.pytestmark.args[0] is True
@@ -35,9 +40,17 @@ def test_a_check_is_skipped_until_enabled_and_says_how(name, monkeypatch):
 
 
 def run_checks(folder, junit):
-    """Run every exercise check in folder; {exercise: (tests, failed)} from pytest's JUnit report."""
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/exercises",
-                    f"--junitxml={junit}"], cwd=folder, env={**os.environ, "EXERCISE": "all"}, capture_output=True)
+    """Run every exercise check in folder; {exercise: (tests, failed)} from pytest's JUnit
+    report."""
+    subprocess.run(
+        [
+            sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/exercises",
+            f"--junitxml={junit}",
+        ],
+        cwd=folder,
+        env={**os.environ, "EXERCISE": "all"},
+        capture_output=True,
+    )
     results = {}
     for case in ET.parse(junit).getroot().iter("testcase"):
         name = case.get("classname").split(".")[-1].removeprefix("test_")
@@ -48,7 +61,8 @@ def run_checks(folder, junit):
 
 def test_every_check_fails_on_the_unmodified_code(tmp_path):
     results = run_checks(REPO, tmp_path / "report.xml")
-    assert sorted(results) == EXERCISES  # every check was collected and ran (none errored on import)
+    # every check was collected and ran (none errored on import)
+    assert sorted(results) == EXERCISES
     for name, (tests, failed) in results.items():
         assert failed >= 1, f"exercise {name}: its check passes before the exercise is done"
 
@@ -60,8 +74,12 @@ def test_the_reference_solutions_pass_their_checks(tmp_path):
     for path in [*REPO.glob("*.py"), REPO / "pytest.ini"]:
         shutil.copy(path, copy)
     for name in EXERCISES:
-        applied = subprocess.run(["git", "apply", f"solutions/{name}.patch"], cwd=copy, capture_output=True, text=True)
-        assert applied.returncode == 0, f"solutions/{name}.patch no longer applies: {applied.stderr}"
+        applied = subprocess.run(
+            ["git", "apply", f"solutions/{name}.patch"], cwd=copy, capture_output=True, text=True
+        )
+        assert (
+            applied.returncode == 0
+        ), f"solutions/{name}.patch no longer applies: {applied.stderr}"
     results = run_checks(copy, tmp_path / "report.xml")
     assert sorted(results) == EXERCISES
     assert all(failed == 0 for _, failed in results.values()), results

@@ -70,12 +70,16 @@ def test_explicit_attention_equals_sdpa(cls, position, padded):
     explicit.load_state_dict(fused.state_dict())
     idx = random_ids(3, 16)
     if cls is GPT:
-        args = ()  # GPT takes no padding mask: padding only ever follows the real tokens it could see
-        if padded:  # instead: a cache-shaped call, 11 queries after 5 cached keys (the mask's offset)
+        # GPT takes no padding mask: padding only ever follows the real tokens it could see
+        args = ()
+        # instead: a cache-shaped call, 11 queries after 5 cached keys (the mask's offset)
+        if padded:
             cache_f, cache_e = [{} for _ in range(2)], [{} for _ in range(2)]
             fused(idx[:, :5], cache=cache_f), explicit(idx[:, :5], cache=cache_e)
-            torch.testing.assert_close(explicit(idx[:, 5:], cache=cache_e), fused(idx[:, 5:], cache=cache_f),
-                                       atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                explicit(idx[:, 5:], cache=cache_e), fused(idx[:, 5:], cache=cache_f), atol=1e-5,
+                rtol=0,
+            )
     else:
         real = torch.ones(3, 16, dtype=torch.bool)
         if padded:
@@ -91,8 +95,11 @@ def test_explicit_attention_matches_a_softmax_written_in_the_test():
     causal = model.attention_mask(5, 5, True, None, "cpu")
     out = model.explicit_attention(q, k, v, causal, 0.0)
     for i in range(5):  # query i: a weighted mean of values 0..i
-        w = torch.softmax((q[:, :, i : i + 1] * k[:, :, : i + 1]).sum(-1) / math.sqrt(8), dim=-1)  # (2, 4, i+1)
-        torch.testing.assert_close(out[:, :, i], (w[..., None] * v[:, :, : i + 1]).sum(2), atol=1e-6, rtol=0)
+        # (2, 4, i+1)
+        w = torch.softmax((q[:, :, i : i + 1] * k[:, :, : i + 1]).sum(-1) / math.sqrt(8), dim=-1)
+        torch.testing.assert_close(
+            out[:, :, i], (w[..., None] * v[:, :, : i + 1]).sum(2), atol=1e-6, rtol=0
+        )
 
 
 # 2b. Rotary position embeddings ------------------------------------------------------------------
@@ -186,7 +193,8 @@ def test_each_model_computes_its_loss_as_its_objective_writes_it(cls):
 # 3. Sizes, tying and parameter groups ------------------------------------------------------------
 
 def block_params(C):
-    # ln_1, ln_2: 2C each; c_attn: 3C*C + 3C; attn.c_proj: C*C + C; c_fc: 4C*C + 4C; mlp.c_proj: 4C*C + C
+    # ln_1, ln_2: 2C each; c_attn: 3C*C + 3C; attn.c_proj: C*C + C; c_fc: 4C*C + 4C;
+    # mlp.c_proj: 4C*C + C
     return 2 * 2 * C + (3 * C * C + 3 * C) + (C * C + C) + (4 * C * C + 4 * C) + (4 * C * C + C)
 
 
@@ -223,7 +231,10 @@ def test_every_trainable_parameter_is_in_exactly_one_group(cls):
     decayed = {id(p) for p in groups[0]["params"]}
     assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
     assert id(m.transformer.h[0].attn.c_attn.weight) in decayed
-    assert id(m.transformer.h[0].ln_1.weight) not in decayed and id(m.transformer.h[0].attn.c_attn.bias) not in decayed
+    assert (
+        id(m.transformer.h[0].ln_1.weight) not in decayed
+        and id(m.transformer.h[0].attn.c_attn.bias) not in decayed
+    )
 
 
 def test_flops_per_token_follows_palm_counted_by_hand():
@@ -232,8 +243,8 @@ def test_flops_per_token_follows_palm_counted_by_hand():
     # N: every parameter but the position table (a lookup, no multiply): the LM head (tied wte),
     # the blocks' matrices (12*C*C per layer) and their vectors (9*C biases + 4*C LayerNorm), ln_f.
     N = V * C + L * (12 * C * C + 9 * C + 4 * C) + 2 * C
-    # attention per token and layer: QK^T and weights@V, T*C multiply-adds each = 4*T*C FLOPs forward,
-    # three times that with the backward pass
+    # attention per token and layer: QK^T and weights@V, T*C multiply-adds each = 4*T*C FLOPs
+    # forward, three times that with the backward pass
     attention = 3 * 4 * T * C * L
     assert model.flops_per_token(GPT(cfg), T) == 6 * N + attention
 
@@ -246,7 +257,9 @@ def test_initial_loss_on_random_tokens_is_log_vocab(cls):
     m = cls(tiny()).eval()
     idx = random_ids(8, 16)
     logits = m(idx)
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), random_ids(8, 16, seed=1).reshape(-1))
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), random_ids(8, 16, seed=1).reshape(-1)
+    )
     assert abs(loss.item() - math.log(50304)) < 0.1
 
 
@@ -282,7 +295,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     ckpt.load_state_dict(plain.state_dict())
     idx = random_ids(2, 16)
     for m in (plain, ckpt):
-        torch.manual_seed(1)  # the same dropout masks: checkpoint() replays the RNG when it recomputes
+        # the same dropout masks: checkpoint() replays the RNG when it recomputes
+        torch.manual_seed(1)
         m(idx).square().mean().backward()
     for p, q in zip(plain.parameters(), ckpt.parameters()):
         torch.testing.assert_close(q.grad, p.grad, atol=1e-6, rtol=1e-5)
@@ -296,16 +310,21 @@ def gpt2_state_dict(V=50, P=8, C=16, prefix="transformer.", seed=0):
     r = lambda *shape: torch.randn(*shape, generator=g) * 0.5
     sd = {prefix + "wte.weight": r(V, C), prefix + "wpe.weight": r(P, C)}
     h = prefix + "h.0."
-    sd.update({
-        h + "ln_1.weight": 1 + r(C), h + "ln_1.bias": r(C),
-        h + "attn.bias": torch.tril(torch.ones(1, 1, P, P)), h + "attn.masked_bias": torch.tensor(-1e4),
-        h + "attn.c_attn.weight": r(C, 3 * C), h + "attn.c_attn.bias": r(3 * C),  # Conv1D: (in, out)
-        h + "attn.c_proj.weight": r(C, C), h + "attn.c_proj.bias": r(C),
-        h + "ln_2.weight": 1 + r(C), h + "ln_2.bias": r(C),
-        h + "mlp.c_fc.weight": r(C, 4 * C), h + "mlp.c_fc.bias": r(4 * C),
-        h + "mlp.c_proj.weight": r(4 * C, C), h + "mlp.c_proj.bias": r(C),
-        prefix + "ln_f.weight": 1 + r(C), prefix + "ln_f.bias": r(C),
-    })
+    sd.update(
+        {
+            h + "ln_1.weight": 1 + r(C),
+            h + "ln_1.bias": r(C),
+            h + "attn.bias": torch.tril(torch.ones(1, 1, P, P)),
+            h + "attn.masked_bias": torch.tensor(-1e4),
+            # Conv1D: (in, out)
+            h + "attn.c_attn.weight": r(C, 3 * C), h + "attn.c_attn.bias": r(3 * C),
+            h + "attn.c_proj.weight": r(C, C), h + "attn.c_proj.bias": r(C),
+            h + "ln_2.weight": 1 + r(C), h + "ln_2.bias": r(C), h + "mlp.c_fc.weight": r(C, 4 * C),
+            h + "mlp.c_fc.bias": r(4 * C), h + "mlp.c_proj.weight": r(4 * C, C),
+            h + "mlp.c_proj.bias": r(C), prefix + "ln_f.weight": 1 + r(C),
+            prefix + "ln_f.bias": r(C),
+        }
+    )
     if prefix:
         sd["lm_head.weight"] = sd[prefix + "wte.weight"].clone()
     return sd
@@ -338,14 +357,17 @@ def gpt2_forward_by_hand(sd, idx, n_head, prefix="transformer."):
     return layer_norm(x, "ln_f") @ w["wte.weight"].T
 
 
-@pytest.mark.parametrize("prefix", ["transformer.", ""])  # GPT2LMHeadModel's keys, or the original file's
+# GPT2LMHeadModel's keys, or the original file's
+@pytest.mark.parametrize("prefix", ["transformer.", ""])
 def test_from_gpt2_matches_a_forward_pass_written_from_the_raw_tensors(prefix):
     sd = gpt2_state_dict(prefix=prefix)
     gpt = GPT.from_gpt2(sd, n_head=2).double()
     cfg = gpt.config
     assert (cfg.vocab_size, cfg.block_size, cfg.n_layer, cfg.n_embd) == (50, 8, 1, 16)
     idx = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(gpt(idx), gpt2_forward_by_hand(sd, idx, n_head=2, prefix=prefix), atol=1e-10, rtol=0)
+    torch.testing.assert_close(
+        gpt(idx), gpt2_forward_by_hand(sd, idx, n_head=2, prefix=prefix), atol=1e-10, rtol=0
+    )
     assert gpt.lm_head.weight.data_ptr() == gpt.transformer.wte.weight.data_ptr()
 
 
@@ -418,7 +440,9 @@ def test_bert_overfits_one_batch_through_the_sparse_head():
     from mlm import mask_tokens, mlm_loss
     torch.manual_seed(0)
     bert = BERT(tiny())
-    inputs, labels = mask_tokens(random_ids(4, 16, high=64), torch.Generator().manual_seed(0), mask_prob=0.3)
+    inputs, labels = mask_tokens(
+        random_ids(4, 16, high=64), torch.Generator().manual_seed(0), mask_prob=0.3
+    )
     chosen = labels != -100
     opt = torch.optim.AdamW(bert.parameters(), lr=3e-3)
     for _ in range(150):

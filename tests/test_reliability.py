@@ -113,7 +113,9 @@ NEEDS_NO_DATA = [  # (flags, what the message must say)
 ]
 
 
-@pytest.mark.parametrize("flags, expected", NEEDS_NO_DATA, ids=[" ".join(f) for f, _ in NEEDS_NO_DATA])
+@pytest.mark.parametrize(
+    "flags, expected", NEEDS_NO_DATA, ids=[" ".join(f) for f, _ in NEEDS_NO_DATA]
+)
 def test_a_bad_setting_is_refused_in_one_line(flags, expected, flags_of, tmp_path):
     refusal(["--out_dir", str(tmp_path), *flags], "train.py", expected, flags_of)
     assert not (tmp_path / "log.jsonl").exists()  # refused before anything was written
@@ -137,7 +139,9 @@ SAMPLE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("flags, expected", SAMPLE_CASES, ids=[" ".join(f) for f, _ in SAMPLE_CASES])
+@pytest.mark.parametrize(
+    "flags, expected", SAMPLE_CASES, ids=[" ".join(f) for f, _ in SAMPLE_CASES]
+)
 def test_a_bad_sampling_request_is_refused_in_one_line(flags, expected, flags_of, corpus):
     refusal(["--ckpt", str(corpus / "out/ckpt.pt"), "--device", "cpu", *flags], "sample.py",
             expected, flags_of)
@@ -176,8 +180,15 @@ def test_fsdp_without_torchrun_is_refused(flags_of, corpus, tmp_path):
 
 def test_weights_and_data_of_different_tokenizers_are_refused(flags_of, corpus, tmp_path):
     """A checkpoint or GPT-2's weights learned other ids than the data's trained tokenizer gives."""
-    refusal(["--text", str(corpus / "text.txt"), "--data_dir", str(tmp_path / "small"),
-             "--vocab_size", "100"], "data.py", "--vocab_size 100: a byte-level BPE needs", flags_of)
+    refusal(
+        [
+            "--text", str(corpus / "text.txt"), "--data_dir", str(tmp_path / "small"),
+            "--vocab_size", "100",
+        ],
+        "data.py",
+        "--vocab_size 100: a byte-level BPE needs",
+        flags_of,
+    )
     trained = tmp_path / "trained"
     data.prepare(trained, text=str(corpus / "text.txt"), clean_text=False, vocab_size=300)
     refusal(["--data_dir", str(trained), "--init_from", "gpt2", "--out_dir", str(tmp_path / "g")],
@@ -190,12 +201,16 @@ def test_weights_and_data_of_different_tokenizers_are_refused(flags_of, corpus, 
             "sample.py", f"--eval val: {trained} is tokenized with another tokenizer", flags_of)
 
 
-# 2. A folder never changes what it holds ------------------------------------------------------------
+# 2. A folder never changes what it holds -------------------------------------------------------
 
 def test_a_folder_refuses_a_corpus_it_does_not_hold(flags_of, corpus, tmp_path):
     (tmp_path / "mine.txt").write_text("Another text entirely. " * 200, encoding="utf-8")
-    message = refusal(["--data_dir", str(corpus / "prepared"), "--text", str(tmp_path / "mine.txt")],
-                      "data.py", f"holds {corpus / 'text.txt'}", flags_of)
+    message = refusal(
+        ["--data_dir", str(corpus / "prepared"), "--text", str(tmp_path / "mine.txt")],
+        "data.py",
+        f"holds {corpus / 'text.txt'}",
+        flags_of,
+    )
     assert f"--data_dir {corpus / 'mine'}" in message  # the folder to use instead
     from test_data import write_wikitext
     texts, expected = write_wikitext(tmp_path / "wiki")
@@ -255,7 +270,9 @@ def test_ctrl_c_says_whether_there_is_a_checkpoint_to_resume(corpus, tmp_path, m
             return real(*args)
         return step
 
-    flags = ["--data_dir", str(corpus / "prepared"), *TINY, "--max_steps", "9", "--ckpt_interval", "2"]
+    flags = [
+        "--data_dir", str(corpus / "prepared"), *TINY, "--max_steps", "9", "--ckpt_interval", "2",
+    ]
     monkeypatch.setattr(train, "train_step", interrupted_at_step(1))
     message = run_quietly([*flags, "--out_dir", str(tmp_path / "a")])
     assert message == "error: interrupted during step 1; no checkpoint was written yet: start again"

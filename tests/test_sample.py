@@ -24,7 +24,9 @@ REPO = Path(__file__).parents[1]
 
 def frequencies(logits, n=40000, **kwargs):
     """Empirical distribution of next_token over n draws from one row of logits."""
-    draws = sample.next_token(logits.expand(n, -1), sample.Sampling(**kwargs), torch.Generator().manual_seed(0))
+    draws = sample.next_token(
+        logits.expand(n, -1), sample.Sampling(**kwargs), torch.Generator().manual_seed(0)
+    )
     return torch.bincount(draws.flatten(), minlength=logits.size(-1)).double() / n
 
 
@@ -33,10 +35,14 @@ def frequencies(logits, n=40000, **kwargs):
 def test_top_k_keeps_exactly_the_k_largest_logits():
     logits = torch.tensor([[1.0, 5.0, 3.0, 3.0, 2.0, -1.0]])
     kept = sample.top_k_filter(logits, 2)
-    assert torch.isfinite(kept).sum() == 2 and kept[0, 1] == 5.0  # 5 and one of the tied 3s, exactly two
+    # 5 and one of the tied 3s, exactly two
+    assert torch.isfinite(kept).sum() == 2 and kept[0, 1] == 5.0
     kept = sample.top_k_filter(logits, 3)
-    assert torch.equal(torch.isfinite(kept)[0], torch.tensor([False, True, True, True, False, False]))
-    assert torch.equal(sample.top_k_filter(logits, 100), logits)  # k beyond the vocabulary: all kept
+    assert torch.equal(
+        torch.isfinite(kept)[0], torch.tensor([False, True, True, True, False, False])
+    )
+    # k beyond the vocabulary: all kept
+    assert torch.equal(sample.top_k_filter(logits, 100), logits)
 
 
 def test_top_k_samples_follow_the_renormalised_distribution():
@@ -58,15 +64,21 @@ def test_top_p_keeps_the_smallest_set_reaching_p(p, kept):
 
 def test_top_p_always_keeps_the_most_likely_token():
     logits = torch.tensor([[0.0, 9.0, 1.0]])
-    assert torch.equal(torch.isfinite(sample.top_p_filter(logits, 1e-6))[0], torch.tensor([False, True, False]))
+    assert torch.equal(
+        torch.isfinite(sample.top_p_filter(logits, 1e-6))[0], torch.tensor([False, True, False])
+    )
 
 
 def test_temperature_zero_is_argmax_and_temperature_two_flattens():
     logits = torch.randn(64, 30, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(sample.next_token(logits, sample.Sampling(temperature=0))[:, 0], logits.argmax(-1))
+    assert torch.equal(
+        sample.next_token(logits, sample.Sampling(temperature=0))[:, 0], logits.argmax(-1)
+    )
     row = torch.tensor([[0.0, 1.0, 2.0]])
     by_hand = torch.tensor([1.0, math.e ** 0.5, math.e], dtype=torch.float64)
-    torch.testing.assert_close(frequencies(row, temperature=2.0), by_hand / by_hand.sum(), atol=0.01, rtol=0)
+    torch.testing.assert_close(
+        frequencies(row, temperature=2.0), by_hand / by_hand.sum(), atol=0.01, rtol=0
+    )
 
 
 def test_bad_sampling_settings_are_refused():
@@ -77,7 +89,10 @@ def test_bad_sampling_settings_are_refused():
 
 # 4. Padded-vocabulary ids ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs", [{}, {"temperature": 0}, {"top_k": 1}, {"top_p": 0.5}, {"temperature": 5.0}])
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"temperature": 0}, {"top_k": 1}, {"top_p": 0.5}, {"temperature": 5.0}]
+)
 def test_padded_vocabulary_ids_never_come_out_even_when_largest(kwargs):
     logits = torch.randn(200, 50304, generator=torch.Generator().manual_seed(1))
     logits[:, MASK_ID:] += 100.0  # [MASK] and padding win by far
@@ -99,7 +114,8 @@ def tiny_gpt(request):
     return gpt
 
 
-@pytest.mark.parametrize("new", [5, 11, 40])  # inside the window, filling it exactly, sliding past it
+# inside the window, filling it exactly, sliding past it
+@pytest.mark.parametrize("new", [5, 11, 40])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_cached_generation_equals_uncached_generation(tiny_gpt, new, temperature):
     prompt = torch.randint(0, 200, (3, 5), generator=torch.Generator().manual_seed(3))
@@ -111,7 +127,8 @@ def test_cached_generation_equals_uncached_generation(tiny_gpt, new, temperature
 
 
 def test_uncached_generation_runs_the_model_on_the_last_block_size_tokens(tiny_gpt):
-    prompt = torch.randint(0, 200, (1, 30), generator=torch.Generator().manual_seed(5))  # longer than the window
+    # longer than the window
+    prompt = torch.randint(0, 200, (1, 30), generator=torch.Generator().manual_seed(5))
     out = sample.generate(tiny_gpt, prompt, 3, sample.Sampling(temperature=0), use_cache=False)
     context = out[:, :30]
     for i in range(3):  # each new token is the argmax after the last 16 tokens before it
@@ -137,7 +154,9 @@ def test_fill_mask_puts_the_memorised_word_first():
         loss.backward()
         opt.step()
     bert.eval()
-    masked = sample.encode_prompt("The quick brown [MASK] jumps over the lazy dog.", data.tokenizer())
+    masked = sample.encode_prompt(
+        "The quick brown [MASK] jumps over the lazy dog.", data.tokenizer()
+    )
     assert masked.count(MASK_ID) == 1 and len(masked) == len(ids)
     (best, p), *_ = sample.fill_mask(bert, masked, top_k=3)[0]
     assert data.tokenizer().decode([best]) == " fox" and p > 0.5
@@ -150,9 +169,11 @@ def checkpoints(tmp_path_factory):
     """A one-step GPT and BERT checkpoint, trained on a small text."""
     folder = tmp_path_factory.mktemp("sample")
     (folder / "text.txt").write_text("Once upon a time there was a model. " * 40, encoding="utf-8")
-    flags = ["--data_dir", str(folder / "data"), "--text", str(folder / "text.txt"), "--no_clean", "--n_layer", "1",
-             "--n_head", "2", "--n_embd", "32", "--block_size", "16", "--batch_size", "2", "--max_steps", "1", "--warmup_steps", "1",
-             "--device", "cpu", "--dtype", "float32"]
+    flags = [
+        "--data_dir", str(folder / "data"), "--text", str(folder / "text.txt"), "--no_clean",
+        "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "16", "--batch_size",
+        "2", "--max_steps", "1", "--warmup_steps", "1", "--device", "cpu", "--dtype", "float32",
+    ]
     for kind in ("gpt", "bert"):
         train.main(flags + ["--model", kind, "--out_dir", str(folder / kind)])
     return folder
@@ -161,10 +182,17 @@ def checkpoints(tmp_path_factory):
 def test_perplexity_of_a_text_is_the_exact_mean_next_token_loss(checkpoints, capsys):
     text = "A short text, shorter than one block.\n"
     (checkpoints / "eval.txt").write_text(text * 3, encoding="utf-8")
-    sample.main(["--ckpt", str(checkpoints / "gpt/ckpt.pt"), "--eval", str(checkpoints / "eval.txt"), "--device", "cpu"])
+    sample.main(
+        [
+            "--ckpt", str(checkpoints / "gpt/ckpt.pt"), "--eval", str(checkpoints / "eval.txt"),
+            "--device", "cpu",
+        ]
+    )
     printed = capsys.readouterr().out
-    model, *_ = sample.load(argparse.Namespace(
-        init_from="ckpt", ckpt=str(checkpoints / "gpt/ckpt.pt"), data_dir=None), torch.device("cpu"))
+    model, *_ = sample.load(
+        argparse.Namespace(init_from="ckpt", ckpt=str(checkpoints / "gpt/ckpt.pt"), data_dir=None),
+        torch.device("cpu"),
+    )
     ids = torch.tensor(data.tokenizer().encode_ordinary(text * 3))  # 30 tokens: two windows of 16
     losses = []  # window 0 scores tokens 1..15, window 1 (from token 15) the rest: each token once
     for start in range(0, len(ids) - 1, 15):
@@ -199,19 +227,40 @@ def test_bad_input_gets_one_clear_line(checkpoints, ckpt, flags, message):
 
 def test_a_missing_or_corrupt_checkpoint_gets_one_clear_line(checkpoints, tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    for path, message in ((tmp_path / "none.pt", "does not exist"), (tmp_path / "bad.pt", "not a readable checkpoint")):
-        result = subprocess.run([sys.executable, "sample.py", "--ckpt", str(path)], cwd=REPO, capture_output=True, text=True)
+    for path, message in (
+        (tmp_path / "none.pt", "does not exist"),
+        (tmp_path / "bad.pt", "not a readable checkpoint"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "sample.py", "--ckpt", str(path)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert message in result.stderr.strip().splitlines()[-1]
 
 
 def test_the_cli_streams_a_sample_and_fills_masks(checkpoints):
-    result = subprocess.run([sys.executable, "sample.py", "--ckpt", str(checkpoints / "gpt/ckpt.pt"), "--prompt",
-                             "Once upon", "--max_new_tokens", "5", "--no_stop", "--num_samples", "2"],
-                            cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable, "sample.py", "--ckpt", str(checkpoints / "gpt/ckpt.pt"), "--prompt",
+            "Once upon", "--max_new_tokens", "5", "--no_stop", "--num_samples", "2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("Once upon") == 2 and "--- sample 2 ---" in result.stdout
-    result = subprocess.run([sys.executable, "sample.py", "--ckpt", str(checkpoints / "bert/ckpt.pt"), "--prompt",
-                             "Once upon a [MASK] there was a [MASK] ."], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable, "sample.py", "--ckpt", str(checkpoints / "bert/ckpt.pt"), "--prompt",
+            "Once upon a [MASK] there was a [MASK] .",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("[MASK] ") == 2

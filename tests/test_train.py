@@ -23,9 +23,11 @@ from clm import CLM, clm_loss
 from model import GPT, ModelConfig, param_groups
 
 REPO = Path(__file__).parents[1]
-TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "4",
-        "--device", "cpu", "--dtype", "float32", "--lr", "3e-3", "--warmup_steps", "2",
-        "--eval_interval", "1000", "--ckpt_interval", "1000", "--eval_iters", "4"]
+TINY = [
+    "--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "4",
+    "--device", "cpu", "--dtype", "float32", "--lr", "3e-3", "--warmup_steps", "2",
+    "--eval_interval", "1000", "--ckpt_interval", "1000", "--eval_iters", "4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,9 @@ def corpus(tmp_path_factory):
     folder = tmp_path_factory.mktemp("corpus")
     sentences = ["The cat sat on the mat.", "A dog ran in the park.", "Birds sing in the morning.",
                  "The sun is warm today.", "We read a book at night."]
-    (folder / "text.txt").write_text(" ".join(sentences[i * 7 % 5] for i in range(400)), encoding="utf-8")
+    (folder / "text.txt").write_text(
+        " ".join(sentences[i * 7 % 5] for i in range(400)), encoding="utf-8"
+    )
     data.prepare(folder / "prepared", text=str(folder / "text.txt"), clean_text=False)
     return str(folder / "prepared")
 
@@ -73,8 +77,10 @@ def test_hand_adamw_matches_torch_adamw_with_two_groups():
     for step in range(100):
         for opt, params in ((ours, ours_m + ours_v), (ref, ref_m + ref_v)):
             feed_gradients(params, step)
-            for p in params[1:] if step % 3 == 1 else []:  # some steps without a gradient for a matrix and
-                p.grad = None  # the whole second group: those stay put and keep their own step counts
+            # some steps without a gradient for a matrix and the whole second group: those stay
+            # put and keep their own step counts
+            for p in params[1:] if step % 3 == 1 else []:
+                p.grad = None
             lr = 1e-2 * (1 + math.cos(step / 30))  # a schedule
             opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = lr
             opt.step()
@@ -118,7 +124,8 @@ def test_schedule_values_computed_by_hand(decay):
     assert train.lr_at(10, cfg) == pytest.approx(1e-3)  # decay starts from the peak
     # halfway through the decay (step 60 of 10..110): cosine and linear both give the midpoint
     assert train.lr_at(60, cfg) == pytest.approx(5.5e-4)
-    # a quarter of the way: cosine 1e-4 + 0.9e-3 * (1 + cos(pi / 4)) / 2, linear 1e-4 + 0.9e-3 * 0.75
+    # a quarter of the way: cosine 1e-4 + 0.9e-3 * (1 + cos(pi / 4)) / 2,
+    # linear 1e-4 + 0.9e-3 * 0.75
     quarter = 1e-4 + 0.9e-3 * ((1 + math.sqrt(0.5)) / 2 if decay == "cosine" else 0.75)
     assert train.lr_at(35, cfg) == pytest.approx(quarter)
     last = 1e-4 + 0.9e-3 * ((1 + math.cos(math.pi * 99 / 100)) / 2 if decay == "cosine" else 0.01)
@@ -136,7 +143,9 @@ class GradientRecorder(AdamW):
 
 def test_accumulated_gradients_equal_one_big_batch():
     torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=512, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0))
+    model = GPT(
+        ModelConfig(vocab_size=512, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+    )
     batch = torch.randint(0, 512, (12, 16), generator=torch.Generator().manual_seed(1))
     results = {}
     for k in (1, 3, 4):
@@ -144,10 +153,13 @@ def test_accumulated_gradients_equal_one_big_batch():
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         micro_batches = [CLM().train_batch(chunk) for chunk in batch.chunk(k)]
         run = train.Run(model, opt, scaler, CLM(), torch.Generator())
-        loss, norm, _ = train.train_step(run, micro_batches, 0, torch.autocast("cpu", enabled=False))
+        loss, norm, _ = train.train_step(
+            run, micro_batches, 0, torch.autocast("cpu", enabled=False)
+        )
         results[k] = (loss, norm, opt.seen)
     for k in (3, 4):
-        assert results[k][0] == pytest.approx(results[1][0], rel=1e-6)  # logged loss: the mean, not the last
+        # logged loss: the mean, not the last
+        assert results[k][0] == pytest.approx(results[1][0], rel=1e-6)
         assert results[k][1] == pytest.approx(results[1][1], rel=1e-5)
         for a, b in zip(results[k][2], results[1][2]):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
@@ -160,12 +172,15 @@ def test_clipping_caps_the_global_norm_and_reports_the_norm_before():
     norms = {}
     for clip in (0, 0.1):
         opt = GradientRecorder(param_groups(model, 0.1))
-        run = train.Run(model, opt, torch.amp.GradScaler("cpu", enabled=False), CLM(), torch.Generator())
+        run = train.Run(
+            model, opt, torch.amp.GradScaler("cpu", enabled=False), CLM(), torch.Generator()
+        )
         _, norms[clip], _ = train.train_step(run, [CLM().train_batch(idx)], clip,
                                              torch.autocast("cpu", enabled=False))
         applied = torch.sqrt(sum(g.square().sum() for g in opt.seen)).item()
         assert applied == pytest.approx(norms[clip] if clip == 0 else 0.1, rel=1e-4)
-    assert norms[0.1] == pytest.approx(norms[0], rel=1e-6) and norms[0] > 0.5  # logged: the norm before clipping
+    # logged: the norm before clipping
+    assert norms[0.1] == pytest.approx(norms[0], rel=1e-6) and norms[0] > 0.5
 
 
 # 4. Exact resume --------------------------------------------------------------------------------
@@ -175,11 +190,16 @@ def test_resuming_is_bit_exact(corpus, tmp_path):
     run(corpus, tmp_path / "straight", *flags)
     run(corpus, tmp_path / "halves", *flags, "--stop_at", "4")
     assert torch.load(tmp_path / "halves/ckpt.pt", weights_only=True)["step"] == 4
-    run(corpus, tmp_path / "halves", "--init_from", "resume")  # every other setting from the checkpoint
-    straight, halves = (torch.load(tmp_path / d / "ckpt.pt", weights_only=True) for d in ("straight", "halves"))
+    # every other setting from the checkpoint
+    run(corpus, tmp_path / "halves", "--init_from", "resume")
+    straight, halves = (
+        torch.load(tmp_path / d / "ckpt.pt", weights_only=True) for d in ("straight", "halves")
+    )
     assert straight["step"] == halves["step"] == 8
     assert all(torch.equal(straight["model"][k], halves["model"][k]) for k in straight["model"])
-    assert [r["loss"] for r in log(tmp_path / "straight")] == [r["loss"] for r in log(tmp_path / "halves")]
+    assert [r["loss"] for r in log(tmp_path / "straight")] == [
+        r["loss"] for r in log(tmp_path / "halves")
+    ]
 
 
 def test_bert_resumes_bit_exact_too(corpus, tmp_path):
@@ -187,23 +207,37 @@ def test_bert_resumes_bit_exact_too(corpus, tmp_path):
     run(corpus, tmp_path / "straight", *flags)
     run(corpus, tmp_path / "halves", *flags, "--stop_at", "3")
     run(corpus, tmp_path / "halves", "--init_from", "resume")
-    assert [r["loss"] for r in log(tmp_path / "straight")] == [r["loss"] for r in log(tmp_path / "halves")]
+    assert [r["loss"] for r in log(tmp_path / "straight")] == [
+        r["loss"] for r in log(tmp_path / "halves")
+    ]
 
 
 def test_training_continues_from_gpt2_weights(corpus, tmp_path):
     from test_model import gpt2_state_dict
-    weights = gpt2_state_dict(V=50257, P=64, C=64, prefix="")  # the original file's keys; 64 wide: 1 head
+    # the original file's keys; 64 wide: 1 head
+    weights = gpt2_state_dict(V=50257, P=64, C=64, prefix="")
     torch.save(weights, tmp_path / "pytorch_model.bin")
-    flags = ["--data_dir", corpus, "--init_from", "gpt2", "--gpt2_path", str(tmp_path / "pytorch_model.bin"),
-             "--block_size", "32", "--batch_size", "4", "--device", "cpu", "--dtype", "float32", "--max_steps", "2", "--warmup_steps", "1"]
+    flags = [
+        "--data_dir", corpus, "--init_from", "gpt2", "--gpt2_path",
+        str(tmp_path / "pytorch_model.bin"), "--block_size", "32", "--batch_size", "4", "--device",
+        "cpu", "--dtype", "float32", "--max_steps", "2", "--warmup_steps", "1",
+    ]
     train.main(flags + ["--out_dir", str(tmp_path / "out"), "--lr", "1e-5", "--min_lr", "1e-6"])
     saved = load_checkpoint(tmp_path / "out/ckpt.pt")
-    assert {k: saved["model_config"][k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")} == \
-        {"vocab_size": 50257, "block_size": 32, "n_layer": 1, "n_head": 1, "n_embd": 64}
-    for ours, theirs in (("transformer.wte.weight", "wte.weight"), ("transformer.h.0.mlp.c_fc.weight", "h.0.mlp.c_fc.weight")):
+    assert {
+        k: saved["model_config"][k]
+        for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
+    } == {"vocab_size": 50257, "block_size": 32, "n_layer": 1, "n_head": 1, "n_embd": 64}
+    for ours, theirs in (
+        ("transformer.wte.weight", "wte.weight"),
+        ("transformer.h.0.mlp.c_fc.weight", "h.0.mlp.c_fc.weight"),
+    ):
         expected = weights[theirs].T if "c_fc" in theirs else weights[theirs]
-        torch.testing.assert_close(saved["model"][ours], expected, atol=1e-4, rtol=0)  # two tiny steps away
-    torch.testing.assert_close(saved["model"]["transformer.wpe.weight"], weights["wpe.weight"][:32], atol=1e-4, rtol=0)
+        # two tiny steps away
+        torch.testing.assert_close(saved["model"][ours], expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        saved["model"]["transformer.wpe.weight"], weights["wpe.weight"][:32], atol=1e-4, rtol=0
+    )
     with pytest.raises(runtime.ConfigError, match="architecture from GPT-2"):
         train.main(flags + ["--out_dir", str(tmp_path / "other"), "--n_layer", "2"])
 
@@ -276,11 +310,15 @@ def test_resume_with_another_architecture_lists_the_difference(corpus, tmp_path)
         run(corpus, tmp_path, "--init_from", "resume", "--n_layer", "3", "--max_steps", "4")
 
 
-def test_resume_flags_are_checked_against_the_checkpoints_settings_not_the_defaults(corpus, tmp_path):
+def test_resume_flags_are_checked_against_the_checkpoints_settings_not_the_defaults(
+    corpus, tmp_path
+):
     run(corpus, tmp_path, "--max_steps", "2")  # TINY warms up for 2 steps, the default for 30
     train.main(["--out_dir", str(tmp_path), "--init_from", "resume", "--max_steps", "4"])
     assert [r["step"] for r in log(tmp_path)] == [1, 2, 3, 4]
-    with pytest.raises(runtime.ConfigError, match="--warmup_steps 2: must not exceed --max_steps 1"):
+    with pytest.raises(
+        runtime.ConfigError, match="--warmup_steps 2: must not exceed --max_steps 1"
+    ):
         train.main(["--out_dir", str(tmp_path), "--init_from", "resume", "--max_steps", "1"])
 
 
@@ -288,10 +326,18 @@ def test_a_truncated_checkpoint_gets_one_clear_line(corpus, tmp_path):
     run(corpus, tmp_path, "--max_steps", "2")
     blob = (tmp_path / "ckpt.pt").read_bytes()
     (tmp_path / "ckpt.pt").write_bytes(blob[: len(blob) // 2])
-    result = subprocess.run([sys.executable, "train.py", "--out_dir", str(tmp_path), "--init_from", "resume"],
-                            cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "train.py", "--out_dir", str(tmp_path), "--init_from", "resume"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'ckpt.pt'} is not a readable checkpoint")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: {tmp_path / 'ckpt.pt'} is not a readable checkpoint")
+    )
 
 
 def test_a_missing_checkpoint_and_an_occupied_out_dir_are_refused(corpus, tmp_path):
@@ -310,7 +356,9 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp
         return clm_loss(model(inputs), targets) * (float("nan") if len(calls) == 5 else 1.0)
 
     monkeypatch.setattr(CLM, "loss", nan_on_fifth_step)
-    with pytest.raises(runtime.UserError, match=r"at step 5: training diverged.*ckpt.pt holds step 4"):
+    with pytest.raises(
+        runtime.UserError, match=r"at step 5: training diverged.*ckpt.pt holds step 4"
+    ):
         run(corpus, tmp_path, "--max_steps", "10", "--ckpt_interval", "2")
     assert load_checkpoint(tmp_path / "ckpt.pt")["step"] == 4
 
@@ -319,9 +367,15 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp
 
 @pytest.mark.parametrize("kind", ["gpt", "bert"])
 def test_a_short_run_from_the_command_line(corpus, tmp_path, kind):
-    result = subprocess.run([sys.executable, "train.py", "--data_dir", corpus, "--out_dir", str(tmp_path), *TINY,
-                             "--model", kind, "--max_steps", "30", "--eval_interval", "15"],
-                            cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable, "train.py", "--data_dir", corpus, "--out_dir", str(tmp_path), *TINY,
+            "--model", kind, "--max_steps", "30", "--eval_interval", "15",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert f"checkpoint: {tmp_path / 'ckpt.pt'}" in result.stderr + result.stdout
     records = log(tmp_path)
@@ -340,7 +394,8 @@ def test_a_short_run_from_the_command_line(corpus, tmp_path, kind):
 
 
 def test_every_setting_has_a_help_text(capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "10000")  # no line wrapping in the help (it can split words at hyphens)
+    # no line wrapping in the help (it can split words at hyphens)
+    monkeypatch.setenv("COLUMNS", "10000")
     with pytest.raises(SystemExit) as exit:
         train.parse_args(["--help"])
     shown = capsys.readouterr().out

@@ -54,5 +54,7 @@ def test_still_causal_and_the_cache_still_agrees():
     changed[:, 9:] = (changed[:, 9:] + 1) % 300
     torch.testing.assert_close(gpt(changed)[:, :9], gpt(idx)[:, :9])
     greedy = sample.Sampling(temperature=0)
-    cached, plain = (sample.generate(gpt, idx[:, :4], 10, greedy, use_cache=c) for c in (True, False))
+    cached, plain = (
+        sample.generate(gpt, idx[:, :4], 10, greedy, use_cache=c) for c in (True, False)
+    )
     assert torch.equal(cached, plain)

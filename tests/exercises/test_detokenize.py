@@ -1,11 +1,14 @@
-"""Exercise "detokenize" (EXERCISES.md): undo WikiText's tokenization. Enable with EXERCISE=detokenize."""
+"""Exercise "detokenize" (EXERCISES.md): undo WikiText's tokenization.
+Enable with EXERCISE=detokenize."""
 
 import os
 
 import pytest
 
-pytestmark = pytest.mark.skipif(os.environ.get("EXERCISE") not in ("detokenize", "all"),
-                                reason="exercise 'detokenize' not enabled: run with EXERCISE=detokenize")
+pytestmark = pytest.mark.skipif(
+    os.environ.get("EXERCISE") not in ("detokenize", "all"),
+    reason="exercise 'detokenize' not enabled: run with EXERCISE=detokenize",
+)
 
 
 @pytest.mark.parametrize("wikitext, plain", [

@@ -24,4 +24,6 @@ def test_next_token_samples_from_the_renormalised_set():
     logits = PROBS.log()[None].expand(40000, -1)
     draws = next_token(logits, Sampling(min_p=0.5), torch.Generator().manual_seed(0))
     freq = torch.bincount(draws.flatten(), minlength=4).double() / 40000
-    torch.testing.assert_close(freq, torch.tensor([0.625, 0.375, 0.0, 0.0], dtype=torch.float64), atol=0.01, rtol=0)
+    torch.testing.assert_close(
+        freq, torch.tensor([0.625, 0.375, 0.0, 0.0], dtype=torch.float64), atol=0.01, rtol=0
+    )

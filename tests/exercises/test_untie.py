@@ -26,7 +26,8 @@ def test_an_untied_head_is_a_matrix_of_its_own():
     tied, untied = GPT(config()), GPT(config(tie_weights=False))
     assert untied.lm_head.weight.data_ptr() != untied.transformer.wte.weight.data_ptr()
     assert num_params(untied) == num_params(tied) + 512 * 32
-    assert untied.lm_head.weight.std().item() == pytest.approx(0.02, rel=0.1)  # initialised like the rest
+    # initialised like the rest
+    assert untied.lm_head.weight.std().item() == pytest.approx(0.02, rel=0.1)
     ids = [id(p) for g in param_groups(untied, 0.1) for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(untied.parameters()))
 
@@ -36,5 +37,6 @@ def test_the_two_matrices_learn_different_things():
     gpt = GPT(config(tie_weights=False))
     idx = torch.randint(0, 100, (4, 16))  # tokens 100..511 never appear in the input
     clm_loss(gpt(idx), next_token_targets(idx)).backward()
-    assert gpt.transformer.wte.weight.grad[100:].abs().max() == 0  # unseen tokens: no embedding gradient
+    # unseen tokens: no embedding gradient
+    assert gpt.transformer.wte.weight.grad[100:].abs().max() == 0
     assert gpt.lm_head.weight.grad[100:].abs().max() > 0  # but every output row is pushed down
