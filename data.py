@@ -294,7 +294,8 @@ def check_vocab_size(n):
 
 
 def prepare_wikitext(paths, data_dir, source):
-    """Each WikiText split tokenized into its .bin file; a trained tokenizer learns from train."""
+    """Each WikiText split tokenized into its .bin file; a trained tokenizer learns from the train
+    split."""
     enc = tokenizer()
     if "vocab_size" in source:
         enc = train_tokenizer(wikitext_stream(paths["train"]), data_dir, source["vocab_size"])
