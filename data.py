@@ -22,7 +22,7 @@ What WikiText-2 looks like. Each line of wiki.train.raw is a paragraph, a headin
 
      = Valkyria Chronicles III =
     (blank)
-     Senjō no Valkyria 3 : Unrecorded Chronicles ( Japanese : 戦場のヴァルキュリア3 , lit . ...
+     Senjō no Valkyria 3 : Unrecorded Chronicles ( Japanese : 戦場のヴァルキュリア3 , ...
     (blank)
      = = Gameplay = =
 
