@@ -30,7 +30,6 @@ Run:       torchrun --standalone --nproc_per_node=2 train.py --fsdp
 Read next: README, "Sharding" (memory per process, measured).
 """
 
-import os
 import shutil
 import tempfile
 
@@ -78,10 +77,12 @@ def bytes_held(model, optimizer):
 
 # Checkpoints --------------------------------------------------------------------------------------
 
-def save(path, model, optimizer, meta):
+def save(path, model, optimizer, meta, write):
     """Write a checkpoint folder: every process its slices of the weights and moments (DCP), rank
-    0 the rest (meta.pt). All of it goes into path.tmp first, which replaces path once complete:
-    a crash leaves the old checkpoint, or (between two renames) path.old, which `find` takes."""
+    0 the rest as meta.pt, with write (checkpoint.save_checkpoint, passed in by train.py:
+    checkpoint.py imports this file). All of it goes into path.tmp first, which replaces path once
+    complete: a crash leaves the old checkpoint, or (between two renames) path.old, which `find`
+    takes."""
     import torch.distributed.checkpoint as dcp
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     if dist.get_rank() == 0:
@@ -89,11 +90,9 @@ def save(path, model, optimizer, meta):
     dist.barrier()
     dcp.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint_id=tmp)
     if dist.get_rank() == 0:
-        with open(tmp / "meta.pt", "wb") as f:
-            torch.save(meta, f)
-            f.flush()
-            os.fsync(f.fileno())  # on disk before the folder takes the checkpoint's name
+        write(tmp / "meta.pt", meta)
         if path.exists():
+            shutil.rmtree(old, ignore_errors=True)  # (one a crash left behind)
             path.rename(old)
         tmp.rename(path)
         shutil.rmtree(old, ignore_errors=True)
@@ -116,7 +115,7 @@ def load(path, model, optimizer):
     for i, p in enumerate(params):  # moments to load into, for each parameter that has them
         if f"optimizer.state.{i}.exp_avg" in names:  # (DCP names the parameters' numbers as text)
             opt["state"][str(i)] = {"step": 0, "exp_avg": torch.zeros_like(p),
-                               "exp_avg_sq": torch.zeros_like(p)}
+                                    "exp_avg_sq": torch.zeros_like(p)}
     state = {"model": model.state_dict(), "optimizer": opt}
     dcp.load(state, checkpoint_id=path)
     opt = state["optimizer"]
@@ -144,7 +143,7 @@ def read_checkpoint(path, tensors=True):
         checkpoint = torch.load(path / "meta.pt", map_location="cpu", weights_only=True)
     except (OSError, RuntimeError) as e:
         raise UserError(f"{path} is not a readable sharded checkpoint ({type(e).__name__}): "
-                              f"use another one or train again") from None
+                        f"use another one or train again") from None
     if tensors:
         with tempfile.TemporaryDirectory() as folder:  # DCP's public converter writes a file
             dcp_to_torch_save(path, f"{folder}/whole.pt")

@@ -353,7 +353,7 @@ def save_run(out_dir, run, cfg):
             "model_config": asdict(raw.config), "train_config": asdict(cfg),
             "rng": gather_rng(run.generator), "tokenizer": data.read_vocab(cfg.data_dir)}
     if cfg.fsdp:
-        shard.save(path, raw, run.optimizer, meta)
+        shard.save(path, raw, run.optimizer, meta, save_checkpoint)
     elif runtime.is_main():
         save_checkpoint(path, {"model": raw.state_dict(), "optimizer": run.optimizer.state_dict(),
                                **meta})
