@@ -150,14 +150,13 @@ def fit_vocabulary(mcfg, cfg, checkpoint, given):
                               f"on the data it was trained on")
     if cfg.init_from == "gpt2" and vocab is not None:
         raise ConfigError(f"--init_from gpt2: GPT-2 knows GPT-2's tokens, but --data_dir "
-                                  f"{cfg.data_dir} has a trained tokenizer: prepare the text "
-                                  f"into a folder of its own without --vocab_size")
+                          f"{cfg.data_dir} has a trained tokenizer: prepare the text into a "
+                          f"folder of its own without --vocab_size")
     if cfg.init_from == "scratch" and "vocab_size" not in given:
         mcfg = dataclasses.replace(mcfg, vocab_size=-(-need // 64) * 64)
     if mcfg.vocab_size < need:
-        raise ConfigError(f"--vocab_size {mcfg.vocab_size}: {meta['tokenizer']}'s "
-                                  f"{need - 1:,} ids and [MASK] need {need:,} (a multiple of 64 is "
-                                  f"fastest)")
+        raise ConfigError(f"--vocab_size {mcfg.vocab_size}: {meta['tokenizer']}'s {need - 1:,} "
+                          f"ids and [MASK] need {need:,} (a multiple of 64 is fastest)")
     return mcfg, meta["eot_id"]
 
 
