@@ -262,10 +262,11 @@ def bench_tokenizer(row, device, dtype):
     """Tokens per character of GPT-2's BPE, or of one bpe.py trains (and how long that takes;
     ids: fewer than asked for where the text runs out of pairs to merge)."""
     train_path, count_path = TOKENIZER_TEXTS[row["corpus"]]
-    train_text, count_text = read_text(train_path), read_text(count_path)
     if row.get("held_out"):  # the last file is counted, the others trained on
         *train_files, count_file = sorted(Path(train_path).glob("*.txt"))
         train_text, count_text = "".join(map(read_text, train_files)), read_text(count_file)
+    else:
+        train_text, count_text = read_text(train_path), read_text(count_path)
     start = time.perf_counter()
     enc = data.tokenizer() if "vocab_size" not in row else \
         bpe.encoding(bpe.train(bpe.count_chunks([train_text]), row["vocab_size"]))

@@ -107,10 +107,11 @@ def load_checkpoint(path, tensors=True):
     """A checkpoint, checked. A sharded one (a folder) is read with shard.read_checkpoint;
     tensors=False leaves its slices on disk, for a sharded run to load."""
     path = Path(path)
-    if not path.exists() and not shard.find(path).exists():
+    found = shard.find(path)  # path, or the ckpt.dcp.old a crash in the middle of a save left
+    if not found.exists():
         raise CheckpointError(f"{path} does not exist: train a model first (python train.py), or "
                               f"name the right file")
-    if shard.find(path).is_dir():
+    if found.is_dir():
         return check_keys(shard.read_checkpoint(path, tensors), path, tensors)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # no code, only data
