@@ -352,6 +352,13 @@ class BERT(nn.Module):
             return head_loss(x, self.transformer.wte.weight, self.head_bias, targets[positions])
         return F.linear(x, self.transformer.wte.weight, self.head_bias)  # (B, T, V) or (N, V)
 
+    def to_gpt2(self):
+        """There is none: export.py writes GPT-2's format, which holds a decoder. (Hugging Face's
+        BertModel would not do either: it is post-LayerNorm, ours pre-LayerNorm, and no config
+        maps one onto the other.)"""
+        raise ValueError("this checkpoint is a BERT, and Hugging Face's GPT-2 format holds a GPT "
+                         "(BertModel is post-LayerNorm, ours pre-LayerNorm): only a GPT exports")
+
 
 class HeadLoss(torch.autograd.Function):
     """Mean cross-entropy of the logits x @ weight^T + bias against targets, IGNORE left out, in
@@ -366,44 +373,48 @@ class HeadLoss(torch.autograd.Function):
     chunk's logits are then freed. Backward only scales what forward computed."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, targets, rows):
+    def forward(ctx, x, weight, bias, targets, rows, grads):
         scored = targets != IGNORE  # (N,)
-        n = scored.sum().clamp(min=1)
-        chosen = targets.clamp(min=0)[:, None]  # (N, 1): an index for every row (IGNORE: 0)
-        keep = any(ctx.needs_input_grad[:3])  # under torch.no_grad(): the loss only
+        # A row whose target is IGNORE adds nothing to the loss or to any gradient: leave it out.
+        xs, chosen = x[scored], targets[scored][:, None]  # (M, C), (M, 1): M rows that count
+        n = max(len(xs), 1)
+        keep = grads and any(ctx.needs_input_grad[:3])  # evaluation: the loss only
         exact = torch.promote_types(weight.dtype, torch.float32)  # softmax and sums: fp32 at least
         loss = torch.zeros((), dtype=exact, device=x.device)
         if keep:
-            grad_x, grad_w = torch.zeros_like(x), torch.zeros_like(weight)
+            grad_xs, grad_w = torch.empty_like(xs), torch.zeros_like(weight)
             grad_b = None if bias is None else torch.zeros_like(bias, dtype=exact)
-        for s in range(0, len(x), rows):
+        for s in range(0, len(xs), rows):
             r = slice(s, s + rows)
-            logits = F.linear(x[r], weight, bias)  # (rows, V), bfloat16 under autocast
+            logits = F.linear(xs[r], weight, bias)  # (rows, V), bfloat16 under autocast
             p = F.softmax(logits.to(exact), dim=-1)
-            p_target = p.gather(1, chosen[r]).squeeze(1)  # (rows,)
-            loss -= p_target.log().masked_fill(~scored[r], 0).sum()
+            loss -= p.gather(1, chosen[r]).log().sum()
             if keep:
-                p.scatter_add_(1, chosen[r], -torch.ones_like(p_target)[:, None])
-                p[~scored[r]] = 0  # now p - onehot: d(this row's loss) / d(its logits)
-                grad_x[r] = p @ weight  # (rows, C)
-                grad_w += p.T @ x[r]  # (V, C)
+                p.scatter_add_(1, chosen[r], torch.full_like(chosen[r], -1, dtype=p.dtype))
+                # p is now softmax - onehot: d(this row's loss) / d(its logits)
+                grad_xs[r] = p @ weight  # (rows, C)
+                grad_w += p.T @ xs[r]  # (V, C)
                 if bias is not None:
                     grad_b += p.sum(0)  # (V,)
-        if keep:  # the mean over the scored rows
+        if keep:  # the mean over the scored rows; the left-out rows' gradient is 0
+            grad_x = torch.zeros_like(x).index_put_((scored,), grad_xs)
             ctx.grads = [None if g is None else g / n for g in (grad_x, grad_w, grad_b)]
         return loss / n
 
     @staticmethod
     def backward(ctx, grad_loss):
         grads = [None if g is None else g * grad_loss for g in ctx.grads]
-        return *grads, None, None
+        return *grads, None, None, None
 
 
 def head_loss(x, weight, bias, targets, rows=1024):
     """HeadLoss on x (N, C) and targets (N,), `rows` rows at a time: 1,024 x 50,304 float32
     logits are 206 MB, half of the default GPT's whole (2,048 x 50,304) matrix; smaller chunks
-    save more memory but make slower matmuls (README, Performance)."""
-    return HeadLoss.apply(x, weight, bias, targets, rows)
+    save more memory but make slower matmuls (README, Performance). Under torch.no_grad()
+    (evaluation) only the loss is computed: one matmul, not three. That is asked here, because
+    autograd runs a Function's forward with gradients off, and ctx.needs_input_grad only says
+    which inputs require them."""
+    return HeadLoss.apply(x, weight, bias, targets, rows, torch.is_grad_enabled())
 
 
 def init_weights(model):

@@ -165,6 +165,19 @@ def test_head_loss_equals_cross_entropy_on_the_full_logits(bias, rows):
         torch.testing.assert_close(model.head_loss(x, w, b, targets, rows), grads["plain"][0])
 
 
+def test_head_loss_in_evaluation_computes_the_logits_only():
+    """Training: the logits and the gradients of x and weight, three (N, C) x (C, V) matmuls of
+    2·N·C·V FLOPs each; under torch.no_grad(): the logits only. FLOPs as PyTorch counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+    N, C, V = 64, 16, 1000
+    x, w = torch.randn(N, C, requires_grad=True), torch.randn(V, C, requires_grad=True)
+    targets = torch.randint(0, V, (N,))
+    for grad, matmuls in ((True, 3), (False, 1)):
+        with torch.set_grad_enabled(grad), FlopCounterMode(display=False) as flops:
+            model.head_loss(x, w, None, targets)
+        assert flops.get_total_flops() == matmuls * 2 * N * C * V
+
+
 @pytest.mark.parametrize("cls", [GPT, BERT])
 def test_each_model_computes_its_loss_as_its_objective_writes_it(cls):
     """model(inputs, targets) (the fused head) against clm_loss / mlm_loss on the logits."""
