@@ -36,7 +36,7 @@ from runtime import ConfigError
 
 
 def export_hf(model, enc, out_dir):
-    """Write model (a GPT: sample.py refuses a BERT) and its tokenizer enc (tiktoken's) to out_dir
+    """Write model (a GPT: a BERT's to_gpt2 refuses) and its tokenizer enc (tiktoken's) to out_dir
     in Hugging Face's layout; returns the paths written."""
     n_vocab = enc.eot_token + 1  # the tokenizer's ids, <|endoftext|> the last of them
     if model.config.vocab_size < n_vocab:

@@ -190,10 +190,6 @@ def main(argv=None):
         runtime.keep_freed_memory()
     model, objective, enc, data_dir = load(args, device)
     if args.export_hf:
-        if not objective.causal:
-            raise runtime.ConfigError("--export_hf: this checkpoint is a BERT. Ours is "
-                                      "pre-LayerNorm, Hugging Face's BertModel post-LayerNorm: no "
-                                      "config maps one onto the other. Only a GPT exports")
         paths = export.export_hf(model.cpu(), enc, args.export_hf)
         return print(f"exported to {args.export_hf}/: {', '.join(p.name for p in paths)}")
     if args.eval:

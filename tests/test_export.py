@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import export
-from model import GPT, ModelConfig
+from model import BERT, GPT, ModelConfig
 from runtime import ConfigError
 
 
@@ -138,3 +138,7 @@ def test_export_writes_a_loadable_folder_and_refuses_what_gpt2_cannot_hold(tmp_p
                          tmp_path / "rope")
     with pytest.raises(ConfigError, match="fewer than"):
         export.export_hf(tiny_gpt(), data.tokenizer(), tmp_path / "small")
+    bert = BERT(ModelConfig(vocab_size=50304, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    with pytest.raises(ConfigError, match="this checkpoint is a BERT"):
+        export.export_hf(bert, data.tokenizer(), tmp_path / "bert")
+    assert not (tmp_path / "bert").exists()  # refused before anything was written
