@@ -160,9 +160,10 @@ def test_bad_data_settings_are_refused_in_one_line(flags_of, corpus, tmp_path):
     refusal(["--data_dir", str(tmp_path / "d"), "--text", str(tmp_path / "missing.txt")],
             "data.py", "no such file", flags_of)
     (tmp_path / "tiny.txt").write_text("Hi.", encoding="utf-8")
+    out = ["--out_dir", str(tmp_path / "out")]  # (a refused run still holds its out_dir's lock)
     message = refusal(["--data_dir", str(tmp_path / "tiny"), "--text", str(tmp_path / "tiny.txt"),
-                       "--no_clean"], "train.py", "cannot be split", flags_of)
-    refusal(["--data_dir", str(tmp_path / "tiny2"), "--text", str(tmp_path / "tiny.txt")],
+                       "--no_clean", *out], "train.py", "cannot be split", flags_of)
+    refusal(["--data_dir", str(tmp_path / "tiny2"), "--text", str(tmp_path / "tiny.txt"), *out],
             "train.py", "cleaning kept none of the 1 documents", flags_of)
     assert "python data.py" in message  # the fix is a command that has the flag it names
 
