@@ -375,29 +375,28 @@ class HeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, targets, rows, grads):
         scored = targets != IGNORE  # (N,)
-        # A row whose target is IGNORE adds nothing to the loss or to any gradient: leave it out.
-        xs, chosen = x[scored], targets[scored][:, None]  # (M, C), (M, 1): M rows that count
-        n = max(len(xs), 1)
+        n = scored.sum().clamp(min=1)
+        chosen = targets.clamp(min=0)[:, None]  # (N, 1): an index for every row (IGNORE: 0)
         keep = grads and any(ctx.needs_input_grad[:3])  # evaluation: the loss only
         exact = torch.promote_types(weight.dtype, torch.float32)  # softmax and sums: fp32 at least
         loss = torch.zeros((), dtype=exact, device=x.device)
         if keep:
-            grad_xs, grad_w = torch.empty_like(xs), torch.zeros_like(weight)
+            grad_x, grad_w = torch.zeros_like(x), torch.zeros_like(weight)
             grad_b = None if bias is None else torch.zeros_like(bias, dtype=exact)
-        for s in range(0, len(xs), rows):
+        for s in range(0, len(x), rows):
             r = slice(s, s + rows)
-            logits = F.linear(xs[r], weight, bias)  # (rows, V), bfloat16 under autocast
+            logits = F.linear(x[r], weight, bias)  # (rows, V), bfloat16 under autocast
             p = F.softmax(logits.to(exact), dim=-1)
-            loss -= p.gather(1, chosen[r]).log().sum()
+            p_target = p.gather(1, chosen[r]).squeeze(1)  # (rows,)
+            loss -= p_target.log().masked_fill(~scored[r], 0).sum()
             if keep:
-                p.scatter_add_(1, chosen[r], torch.full_like(chosen[r], -1, dtype=p.dtype))
-                # p is now softmax - onehot: d(this row's loss) / d(its logits)
-                grad_xs[r] = p @ weight  # (rows, C)
-                grad_w += p.T @ xs[r]  # (V, C)
+                p.scatter_add_(1, chosen[r], -torch.ones_like(p_target)[:, None])
+                p[~scored[r]] = 0  # now p - onehot: d(this row's loss) / d(its logits)
+                grad_x[r] = p @ weight  # (rows, C)
+                grad_w += p.T @ x[r]  # (V, C)
                 if bias is not None:
                     grad_b += p.sum(0)  # (V,)
-        if keep:  # the mean over the scored rows; the left-out rows' gradient is 0
-            grad_x = torch.zeros_like(x).index_put_((scored,), grad_xs)
+        if keep:  # the mean over the scored rows
             ctx.grads = [None if g is None else g / n for g in (grad_x, grad_w, grad_b)]
         return loss / n
 
