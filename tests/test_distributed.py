@@ -73,10 +73,12 @@ def run_steps(model, kind, losses=None):
     return [p.detach().clone() for p in raw.parameters()], (metrics["loss"], metrics["tokens"])
 
 
-def worker(rank, port, out):
-    """In each of two processes: both models trained copied (DDP) and sharded (FSDP); then the
-    bytes a sharded process holds after one step."""
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+def worker(rank, ports, out, corpus):
+    """In each of two processes: both models trained copied (DDP) and sharded (FSDP); the bytes a
+    sharded process holds after one step; then train.py's runs (TRAIN_RUNS) in these same two
+    processes, as torchrun would run them, so that no run pays for two new interpreters."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{ports[0]}", rank=rank,
+                            world_size=2)
     try:
         results = {"ddp": {}, "fsdp": {}, "bytes": held_after_one_step(sharded=True)}
         for kind, config in CASES.items():
@@ -89,6 +91,23 @@ def worker(rank, port, out):
         torch.save(results, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+    torch.set_num_threads(1)  # two processes, two cores
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1")  # what torchrun sets; train.py joins the group
+    store = dist.TCPStore("127.0.0.1", ports[1], 2, is_master=rank == 0)  # outlives each group
+    for i, (port, (name, flags)) in enumerate(zip(ports[2:], TRAIN_RUNS)):
+        os.environ["MASTER_PORT"] = str(port)
+        train.main(["--data_dir", corpus, "--out_dir", f"{out}/{name}", *FLAGS, *flags])
+        store.set(f"{i}/{rank}", "done")  # the next run starts when both have ended this one,
+        store.wait([f"{i}/0", f"{i}/1"])  # as the next launch of two new processes would
+
+
+# train.py in the two processes above: DDP and FSDP runs stopped halfway and resumed; FSDP unbroken
+TRAIN_RUNS = [("ddp-halves", ["--max_steps", "4", "--stop_at", "2"]),
+              ("ddp-halves", ["--init_from", "resume"]),
+              ("fsdp-straight", ["--max_steps", "4", "--fsdp"]),
+              ("fsdp-halves", ["--max_steps", "4", "--stop_at", "2", "--fsdp"]),
+              ("fsdp-halves", ["--init_from", "resume", "--fsdp"])]
 
 
 CASES = {"gpt": CONFIG, "bert": {**CONFIG, "grad_checkpointing": True}}  # (it composes with FSDP)
@@ -124,11 +143,19 @@ def free_port():
 
 
 @pytest.fixture(scope="module")
-def two_processes(tmp_path_factory):
-    """What each of two processes computed: {rank: results}."""
+def spawned(tmp_path_factory, corpus):
+    """The folder where two processes, started once for this module, left what they computed
+    (rank0.pt, rank1.pt) and train.py's runs (TRAIN_RUNS)."""
     out = tmp_path_factory.mktemp("two")
-    mp.spawn(worker, args=(free_port(), str(out)), nprocs=2)
-    return {rank: torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)}
+    ports = [free_port() for _ in range(2 + len(TRAIN_RUNS))]  # a fresh one for each group
+    mp.spawn(worker, args=(ports, str(out), corpus), nprocs=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_processes(spawned):
+    """What each of two processes computed: {rank: results}."""
+    return {rank: torch.load(spawned / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)}
 
 
 @pytest.fixture(scope="module")
@@ -227,16 +254,15 @@ def log(out_dir):
     return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
 
 
-def test_torchrun_writes_from_rank_0_only_and_resumes_exactly(corpus, tmp_path):
+def test_torchrun_writes_from_rank_0_only_and_resumes_exactly(corpus, spawned, tmp_path):
     result = torchrun(corpus, tmp_path / "straight", "--max_steps", "4")
     assert "x 2 processes = 64" in result.stdout  # tokens per step: 2 x 16 x 1 x 2
-    torchrun(corpus, tmp_path / "halves", "--max_steps", "4", "--stop_at", "2")
-    torchrun(corpus, tmp_path / "halves", "--init_from", "resume")
-    for d in ("straight", "halves"):
-        written = sorted(p.name for p in (tmp_path / d).iterdir())
+    runs = {"straight": tmp_path / "straight", "halves": spawned / "ddp-halves"}  # (TRAIN_RUNS)
+    for d in runs.values():
+        written = sorted(p.name for p in d.iterdir())
         assert written == ["ckpt.pt", "log.jsonl", "loss.svg", "run.lock"]
-        assert [r["step"] for r in log(tmp_path / d)] == [1, 2, 3, 4]  # one writer: no line twice
-    checkpoints = [load_checkpoint(tmp_path / d / "ckpt.pt") for d in ("straight", "halves")]
+        assert [r["step"] for r in log(d)] == [1, 2, 3, 4]  # one writer: no line twice
+    checkpoints = [load_checkpoint(runs[d] / "ckpt.pt") for d in ("straight", "halves")]
     assert len(checkpoints[1]["rng"]) == 2  # every process's RNG state, to give each its own back
     assert not torch.equal(checkpoints[1]["rng"][0]["data"], checkpoints[1]["rng"][1]["data"])
     for k, v in checkpoints[0]["model"].items():
@@ -245,34 +271,33 @@ def test_torchrun_writes_from_rank_0_only_and_resumes_exactly(corpus, tmp_path):
 
 # train.py --fsdp in two processes, its checkpoint, and sample.py ----------------------------------
 
-def test_a_sharded_run_resumes_exactly_and_one_process_reads_its_checkpoint(corpus, tmp_path,
+def test_a_sharded_run_resumes_exactly_and_one_process_reads_its_checkpoint(corpus, spawned,
                                                                            capsys):
-    launch(corpus, tmp_path / "straight", "--max_steps", "4", "--fsdp")
-    launch(corpus, tmp_path / "halves", "--max_steps", "4", "--stop_at", "2", "--fsdp")
-    assert (tmp_path / "halves/ckpt.dcp/meta.pt").exists()  # a folder of slices, not ckpt.pt
-    launch(corpus, tmp_path / "halves", "--init_from", "resume", "--fsdp")
-    straight, halves = log(tmp_path / "straight"), log(tmp_path / "halves")
+    runs = {"straight": spawned / "fsdp-straight", "halves": spawned / "fsdp-halves"}
+    assert (runs["halves"] / "ckpt.dcp/meta.pt").exists()  # a folder of slices, not ckpt.pt
+    assert not (runs["halves"] / "ckpt.pt").exists()
+    straight, halves = log(runs["straight"]), log(runs["halves"])
     assert [r["loss"] for r in halves] == [r["loss"] for r in straight]
-    whole = [load_checkpoint(tmp_path / d / "ckpt.dcp") for d in ("straight", "halves")]
+    whole = [load_checkpoint(runs[d] / "ckpt.dcp") for d in ("straight", "halves")]
     assert whole[0]["step"] == whole[1]["step"] == 4 and len(whole[1]["rng"]) == 2
     for name, value in whole[0]["model"].items():
         assert torch.equal(value, whole[1]["model"][name]), name
     # One process, the whole model: the val loss the two sharded processes measured at step 4
-    sample.main(["--ckpt", str(tmp_path / "halves/ckpt.dcp"), "--eval", "val", "--device", "cpu"])
+    sample.main(["--ckpt", str(runs["halves"] / "ckpt.dcp"), "--eval", "val", "--device", "cpu"])
     printed = capsys.readouterr().out
     assert f"loss {halves[-1]['val_loss']:.4f}" in printed
-    sample.main(["--ckpt", str(tmp_path / "halves/ckpt.dcp"), "--prompt", "Two processes",
+    sample.main(["--ckpt", str(runs["halves"] / "ckpt.dcp"), "--prompt", "Two processes",
                  "--max_new_tokens", "5", "--device", "cpu"])
     assert capsys.readouterr().out.startswith("--- sample 1 ---\nTwo processes")
     # ...and a resume without --fsdp, in one process: it goes on, into ckpt.pt
-    train.main(["--init_from", "resume", "--out_dir", str(tmp_path / "halves"), "--max_steps",
+    train.main(["--init_from", "resume", "--out_dir", str(runs["halves"]), "--max_steps",
                 "6", "--no-fsdp"])
-    assert load_checkpoint(tmp_path / "halves/ckpt.pt")["step"] == 6
-    assert not (tmp_path / "halves/ckpt.dcp").exists()  # one checkpoint per out_dir
+    assert load_checkpoint(runs["halves"] / "ckpt.pt")["step"] == 6
+    assert not (runs["halves"] / "ckpt.dcp").exists()  # one checkpoint per out_dir
     # ...and back: a ckpt.pt resumed sharded, its AdamW moments cut into slices
-    moments = load_checkpoint(tmp_path / "halves/ckpt.pt")["optimizer"]["state"]
-    launch(corpus, tmp_path / "halves", "--init_from", "resume", "--max_steps", "7", "--fsdp")
-    after = load_checkpoint(tmp_path / "halves/ckpt.dcp")
+    moments = load_checkpoint(runs["halves"] / "ckpt.pt")["optimizer"]["state"]
+    launch(corpus, runs["halves"], "--init_from", "resume", "--max_steps", "7", "--fsdp")
+    after = load_checkpoint(runs["halves"] / "ckpt.dcp")
     beta2 = after["train_config"]["beta2"]
     for i, state in moments.items():  # v = beta2 v + (1 - beta2) g^2 >= beta2 v: v went on
         assert after["optimizer"]["state"][i]["step"] == state["step"] + 1
