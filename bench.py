@@ -7,6 +7,9 @@ Rows, each measured in a fresh process so that its peak memory is its own:
     GPT-2-124M size, with the fused attention kernel (SDPA) and with explicit attention, and for
     BERT with the sparse MLM head (only the chosen positions are scored) and the dense one;
   * one optimizer step alone: the hand-written AdamW (adamw.py) against torch.optim.AdamW;
+  * the three matrix products of the default GPT's LM head (the logits, and the gradients of the
+    features and of the embedding), against a square product (2,048 x 2,048 by 2,048 x 2,048):
+    how close the largest part of a step runs to what the device's matmul can do;
   * generating from a 1-token prompt with and without the KV cache: 127 new tokens (the default
     model's whole window), 256 (the window slides), and 64 at GPT-2 size;
   * cleaning a corpus (clean.py, on all cores): 200 MB of generated text with copies and near
@@ -16,13 +19,17 @@ Rows, each measured in a fresh process so that its peak memory is its own:
     gradients and AdamW's moments each process holds after one step, and its peak memory;
   * tokenizers: tokens per character of GPT-2's BPE and of BPEs trained by bpe.py, and the
     seconds training takes, on English (trained on WikiText-2 train, counted on val) and on
-    Chinese (the project's source texts in ../shared/seeds, not part of the repository).
+    Chinese (the project's source texts in ../shared/seeds, not part of the repository);
+  * collocations: how many of 40 common phrases ("the Atlantic [MASK]") the checkpoints of
+    README's default runs (out/ckpt.pt, out-bert/ckpt.pt) know.
 Tokens/s counts the tokens that went through the model; MFU (model FLOPs utilisation: achieved
 FLOP/s over the device's peak, PaLM appendix B) only where monitor.PEAK_FLOPS knows the device.
 
 Run:       python bench.py                        (a few minutes on a 2-core CPU)
            python bench.py --only clean           (the cleaning rows only)
            python bench.py --only tokenizer       (the tokenizer rows only)
+           python bench.py --only matmul          (the LM head's matrix products)
+           python bench.py --only collocations    (what out/ and out-bert/ know; README)
            python bench.py --only shard           (the sharding rows only; some minutes)
            python bench.py --device cuda --dtype bfloat16
 Read next: README.md, where the measured tables are.
@@ -50,7 +57,7 @@ import runtime
 import sample
 import shard
 from adamw import AdamW
-from checkpoint import objective_for
+from checkpoint import load_checkpoint, load_model, objective_for
 from mlm import mlm_loss
 from model import EOT_ID, ModelConfig, flops_per_token, param_groups
 
@@ -74,6 +81,8 @@ ROWS = {  # name: what to measure
     "adamw default torch": dict(task="adamw", size="default", torch_adamw=True),
     "adamw gpt2-124M hand": dict(task="adamw", size="gpt2-124M"),
     "adamw gpt2-124M torch": dict(task="adamw", size="gpt2-124M", torch_adamw=True),
+    **{f"matmul {name}": dict(task="matmul", product=name)
+       for name in ("head logits", "head grad features", "head grad embedding", "square 2048")},
     "generate default 127 tokens cache": dict(task="generate", size="default", new=127, cache=True),
     "generate default 127 tokens no-cache": dict(task="generate", size="default", new=127),
     "generate default 256 tokens cache": dict(task="generate", size="default", new=256, cache=True),
@@ -81,6 +90,9 @@ ROWS = {  # name: what to measure
     "generate gpt2-124M 64 tokens cache": dict(task="generate", size="gpt2-124M", new=64,
                                                cache=True),
     "generate gpt2-124M 64 tokens no-cache": dict(task="generate", size="gpt2-124M", new=64),
+    "collocations bert out-bert": dict(task="collocations", ckpt="out-bert/ckpt.pt",
+                                       fill_mask=True),
+    "collocations gpt out": dict(task="collocations", ckpt="out/ckpt.pt", fill_mask=False),
     "clean 200 MB of generated text": dict(task="clean", megabytes=200),
     "clean WikiText-2 train with planted copies": dict(task="clean", wikitext=True),
     **{f"shard {size} {how} {n}": dict(task="shard", size=size, how=how, processes=n)
@@ -97,6 +109,49 @@ ROWS = {  # name: what to measure
     "tokenizer bpe 2048, Chinese, held-out file": dict(task="tokenizer", corpus="Chinese",
                                                        vocab_size=2048, held_out=True),
 }
+COLLOCATIONS = [  # (a sentence, the word its [MASK] hides), for README's "A BERT that learns":
+    # no sentence is in WikiText-2's train split; each collocation is there, 1 to 783 times
+    ('The fleet crossed the Atlantic [MASK] in the winter of 1942 .', 'Ocean'),
+    ('The town lies on the coast of the Indian [MASK] .', 'Ocean'),
+    ('He served as Prime [MASK] of Canada for six years .', 'Minister'),
+    ('The new law was signed by the President of the United [MASK] .', 'States'),
+    ('Most of the fighting took place during the Second World [MASK] .', 'War'),
+    ('The regiment was sent to France in the First World [MASK] .', 'War'),
+    ('The river flows through the city of New [MASK] before it reaches the sea .', 'York'),
+    ('She moved to Los [MASK] to work in films .', 'Angeles'),
+    ('The novel was published in the late 18th [MASK] .', 'century'),
+    ('The team won the championship for the third [MASK] in a row .', 'time'),
+    ('The single peaked at number one on the Billboard Hot [MASK] .', '100'),
+    ('The song reached the top ten of the UK Singles [MASK] .', 'Chart'),
+    ('The album received positive [MASK] from music critics .', 'reviews'),
+    ('The hurricane made landfall as a tropical [MASK] near the border .', 'storm'),
+    ('The storm caused heavy [MASK] and flooding in the region .', 'rain'),
+    ('He was awarded the Victoria [MASK] for his bravery .', 'Cross'),
+    ('The episode was watched by 8 million [MASK] in its first broadcast .', 'viewers'),
+    ('The new stadium was built at a [MASK] of £ 2 million .', 'cost'),
+    ('He played college [MASK] for the University of Michigan .', 'football'),
+    ('The building is listed on the National Register of Historic [MASK] .', 'Places'),
+    ('The ship was sunk by a German [MASK] in 1917 .', 'submarine'),
+    ('The battle ended with a decisive [MASK] for the Romans .', 'victory'),
+    ('The church was rebuilt after a [MASK] destroyed the roof .', 'fire'),
+    ('After the war he returned to his home [MASK] .', 'town'),
+    ('The film was directed by Steven [MASK] and released in 1993 .', 'Spielberg'),
+    ('The species is found in South [MASK] and Central America .', 'America'),
+    ('The game was developed by Nintendo for the Game [MASK] .', 'Boy'),
+    ('The album was released by Columbia [MASK] in 1970 .', 'Records'),
+    ('The army crossed the river and captured the [MASK] of the town .', 'castle'),
+    ('The station is operated by the Ministry of [MASK] .', 'Defence'),
+    ('He studied law at the University of [MASK] .', 'Oxford'),
+    ('The bridge was opened to [MASK] in 1932 .', 'traffic'),
+    ('Her first husband died of a heart [MASK] in 1960 .', 'attack'),
+    ('The Roman [MASK] conquered the region in the first century .', 'Empire'),
+    ('The Catholic [MASK] declared him a saint in 1920 .', 'Church'),
+    ('The match ended in a 2 – 1 [MASK] for the home side .', 'win'),
+    ('He was sentenced to life in [MASK] for the murder .', 'prison'),
+    ('The plane crashed shortly after take [MASK] .', 'off'),
+    ('The Prime Minister resigned after losing a vote of no [MASK] .', 'confidence'),
+    ('Rain fell for three days and the river burst its [MASK] .', 'banks'),
+]
 TOKENIZER_TEXTS = {  # (text to train on, text to count tokens on)
     "English": ("data/wikitext-2/wiki.train.tokens", "data/wikitext-2/wiki.valid.tokens"),
     "Chinese": ("../shared/seeds", "../shared/seeds"),
@@ -171,6 +226,24 @@ def bench_adamw(row, device, dtype):
     return {"ms/step": 1000 * timed(optimizer.step, 3, 30, device)}
 
 
+def bench_matmul(row, device, dtype):
+    """One matrix product of the default GPT's head, as HeadLoss computes it for a step's
+    N = 16 x 128 rows (x: the features, w: the tied embedding, p: softmax minus one-hot), or a
+    square one: milliseconds and GFLOP/s. The outputs' memory is reused from the warm-up calls,
+    as in training (runtime.keep_freed_memory)."""
+    N, C, V = 16 * 128, 256, 50304
+    product, left, right, flops = {  # FLOPs: a multiply and an add per term of each sum
+        "head logits": (lambda x, w: x @ w.T, (N, C), (V, C), 2 * N * C * V),  # (N, V)
+        "head grad features": (lambda p, w: p @ w, (N, V), (V, C), 2 * N * C * V),  # (N, C)
+        "head grad embedding": (lambda p, x: p.T @ x, (N, V), (N, C), 2 * N * C * V),  # (V, C)
+        "square 2048": (lambda a, b: a @ b, (2048, 2048), (2048, 2048), 2 * 2048**3),
+    }[row["product"]]
+    a, b = torch.randn(left, device=device), torch.randn(right, device=device)
+    with runtime.autocast(device, dtype):
+        seconds = timed(lambda: product(a, b), 3, 7, device)
+    return {"ms": 1000 * seconds, "GFLOP/s": flops / seconds / 1e9}
+
+
 def bench_generate(row, device, dtype):
     model, _, _ = build(row, device)
     model.eval()
@@ -236,6 +309,30 @@ def wikitext_corpus(path, seed=0):
         for i, article in enumerate(articles):
             for doc in [article, *copies.get(i, [])]:
                 f.write(doc.strip() + "\n<|endoftext|>\n")
+
+
+@torch.no_grad()
+def bench_collocations(row, device, dtype):
+    """How many of the 40 COLLOCATIONS a trained model knows: the hidden word among its 5 most
+    likely tokens, and the median rank of the hidden word. A BERT fills the [MASK] from both
+    sides (as sample.py does); a GPT predicts the word after the text before the [MASK]."""
+    path = Path(row["ckpt"])
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: train it first (README, Results on this machine)")
+    model, _, enc = load_model(load_checkpoint(path))
+    model.eval()
+    ranks = []
+    for sentence, word in COLLOCATIONS:
+        if row["fill_mask"]:
+            ids = torch.tensor([sample.encode_prompt(sentence, enc)])
+            logits = model(ids, positions=ids == enc.eot_token + 1)[0]  # (V,): at the [MASK]
+        else:
+            ids = torch.tensor([enc.encode(sentence.split(" [MASK]")[0])])
+            logits = model(ids)[0, -1]  # (V,): the next token's
+        logits[enc.eot_token:] = float("-inf")  # ordinary tokens only, as sample.py's
+        hidden = enc.encode_single_token(" " + word)
+        ranks.append(1 + (logits > logits[hidden]).sum().item())
+    return {"top 5": sum(r <= 5 for r in ranks), "median rank": statistics.median(ranks)}
 
 
 def bench_clean(row, device, dtype):
@@ -321,7 +418,8 @@ def shard_worker(rank, row, port, folder):
 
 def measure(name, device, dtype):
     row = ROWS[name]
-    task = {"train": bench_train, "adamw": bench_adamw, "generate": bench_generate,
+    task = {"train": bench_train, "adamw": bench_adamw, "matmul": bench_matmul,
+            "generate": bench_generate, "collocations": bench_collocations,
             "clean": bench_clean, "tokenizer": bench_tokenizer, "shard": bench_shard}[row["task"]]
     result = task(row, device, dtype)
     if device.type == "cuda":
@@ -356,6 +454,8 @@ def main(argv=None):
     results = {}
     for columns, tasks in ((("tokens/s", "ms/step", "MFU", "peak memory (MB)"),
                             ("train", "adamw", "generate")),
+                           (("ms", "GFLOP/s", "peak memory (MB)"), ("matmul",)),
+                           (("top 5", "median rank"), ("collocations",)),
                            (("MB/s", "documents", "kept", "peak memory (MB)"), ("clean",)),
                            (("ids", "characters", "tokens", "tokens/char", "training (s)",
                              "peak memory (MB)"), ("tokenizer",)),
@@ -378,8 +478,8 @@ def print_row(row, args, columns):
         print(f"| {row} | failed: {out.stderr.strip().splitlines()[-1]} |" + " |" * 3, flush=True)
         return None
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    formats = {"MFU": ".1%", "ms/step": ",.1f", "MB/s": ",.1f", "tokens/char": ".3f",
-               "training (s)": ",.1f"}
+    formats = {"MFU": ".1%", "ms/step": ",.1f", "ms": ",.1f", "MB/s": ",.1f",
+               "tokens/char": ".3f", "training (s)": ",.1f"}
     cells = ["" if r.get(c) is None else format(r[c], formats.get(c, ",.0f")) for c in columns]
     print(f"| {row} | {' | '.join(cells)} |", flush=True)
     return r
