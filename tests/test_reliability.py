@@ -354,7 +354,9 @@ def test_a_second_run_on_a_busy_out_dir_is_refused_and_the_first_completes(corpu
 
 
 def test_killed_at_random_moments_a_run_resumes_to_the_unbroken_result(corpus, tmp_path):
-    flags = ["--max_steps", "16", "--ckpt_interval", "1", "--dropout", "0.1"]
+    # 40 steps: three kills, each at most 0.4 s after a checkpoint, must land before the end
+    steps = 40
+    flags = ["--max_steps", str(steps), "--ckpt_interval", "1", "--dropout", "0.1"]
     train.main(["--data_dir", str(corpus / "prepared"), "--out_dir", str(tmp_path / "unbroken"),
                 *TINY, *flags])
     out, rng, kills = tmp_path / "killed", random.Random(0), 0
@@ -368,7 +370,7 @@ def test_killed_at_random_moments_a_run_resumes_to_the_unbroken_result(corpus, t
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-        assert load_checkpoint(out / "ckpt.pt")["step"] < 16  # loads after every kill
+        assert load_checkpoint(out / "ckpt.pt")["step"] < steps  # loads after every kill
     finished = launch(corpus, out, *flags, "--init_from", "resume")
     assert finished.wait(timeout=120) == 0, finished.stderr.read()
     unbroken, resumed = (load_checkpoint(tmp_path / d / "ckpt.pt") for d in ("unbroken", "killed"))
