@@ -323,15 +323,14 @@ def bench_collocations(row, device, dtype):
     model.eval()
     ranks = []
     for sentence, word in COLLOCATIONS:
-        if row["fill_mask"]:
-            ids = torch.tensor([sample.encode_prompt(sentence, enc)])
-            logits = model(ids, positions=ids == enc.eot_token + 1)[0]  # (V,): at the [MASK]
-        else:
-            ids = torch.tensor([enc.encode(sentence.split(" [MASK]")[0])])
-            logits = model(ids)[0, -1]  # (V,): the next token's
-        logits[enc.eot_token:] = float("-inf")  # ordinary tokens only, as sample.py's
-        hidden = enc.encode_single_token(" " + word)
-        ranks.append(1 + (logits > logits[hidden]).sum().item())
+        if row["fill_mask"]:  # every ordinary token, most likely first, as sample.py ranks them
+            ids = sample.encode_prompt(sentence, enc)
+            ranked = [t for t, _ in sample.fill_mask(model, ids, enc.eot_token,
+                                                     enc.eot_token + 1)[0]]
+        else:  # the next token after the words before the [MASK], ordinary tokens only
+            logits = model(torch.tensor([enc.encode(sentence.split(" [MASK]")[0])]))[0, -1]
+            ranked = logits[:enc.eot_token].argsort(descending=True).tolist()
+        ranks.append(1 + ranked.index(enc.encode_single_token(" " + word)))
     return {"top 5": sum(r <= 5 for r in ranks), "median rank": statistics.median(ranks)}
 
 
