@@ -62,7 +62,7 @@ from mlm import mlm_loss
 from model import EOT_ID, ModelConfig, flops_per_token, param_groups
 
 SIZES = {  # (model config, batch size on a CPU, batch size on a GPU)
-    "default": (dict(), 16, 64),
+    "default": (dict(), 16, 64),  # each model's own: ModelConfig's, and mlm.MLM.defaults
     "gpt2-124M": (dict(block_size=1024, n_layer=12, n_head=12, n_embd=768), 1, 8),
     "gpt2-350M": (dict(block_size=1024, n_layer=24, n_head=16, n_embd=1024), 1, 8),
 }
@@ -180,9 +180,9 @@ def build(row, device):
     """(the row's model on the device, its objective, the batch size for this device)."""
     config, cpu_batch, gpu_batch = SIZES[row["size"]]
     objective = objective_for(row.get("model", "gpt"))
-    starts_from = {k: v for k, v in objective.defaults.items()  # BERT's RoPE and LayerNorm
+    starts_from = {k: v for k, v in objective.defaults.items()  # BERT's RoPE, LayerNorm, width
                    if k in ModelConfig.__dataclass_fields__}
-    config = ModelConfig(**config, **starts_from, explicit_attention=row.get("explicit", False))
+    config = ModelConfig(**{**starts_from, **config}, explicit_attention=row.get("explicit", False))
     torch.manual_seed(0)
     model = objective.Model(config).to(device)
     return model, objective, cpu_batch if device.type == "cpu" else gpu_batch
