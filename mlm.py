@@ -92,11 +92,11 @@ class MLM:
     causal = False  # it reads both ways: it fills in [MASK]s instead (sample.py's fill-mask)
     # What a BERT run starts from unless a flag says otherwise (README, "A BERT that learns"):
     # rotary positions, so that the model knows from the first step which token is its neighbour;
-    # BERT's own LayerNorm on the embeddings; a higher learning rate; and half the GPT's width,
-    # which makes a step about 2x cheaper (the 50,304-wide head's work grows with the width), so
-    # that 2,100 steps (1.8 epochs) fit in the GPT run's time: in a short run, more text teaches
-    # more than more width. Two evaluations to the GPT's three. (The masking rate, a BERT-only
-    # flag, has its own default: train.py's mask_prob.)
+    # BERT's own LayerNorm on the embeddings; a higher learning rate; and half the GPT's width:
+    # the 50,304-wide head's work grows with the width and the blocks' with its square, so 2,100
+    # steps (1.76 epochs of WikiText-2) fit in the GPT run's time, and in a run this short more
+    # text teaches more than more width. Two evaluations to the GPT's three. (The masking rate, a
+    # BERT-only flag, has its own default: train.py's mask_prob.)
     defaults = {"position": "rope", "embedding_layernorm": True, "n_embd": 128, "lr": 3e-3,
                 "min_lr": 3e-4, "warmup_steps": 100, "max_steps": 2100, "eval_interval": 1050}
     eval_overlap = 0  # evaluation blocks do not overlap: every token is in exactly one
