@@ -7,7 +7,7 @@ The pipeline, one function per step:
      (clean.py; `--no_clean` reads it as it is, in pieces: `text_pieces`).
   2. Tokenize with a byte-pair encoding (`tokenizer`): frequent byte sequences are merged into
      single ids, so common words are one token and rare words a few; any text can be encoded.
-     By default GPT-2's (tiktoken's "gpt2"); with --vocab_size N, one trained by bpe.py on the
+     By default GPT-2's (tiktoken's "gpt2"); with --tokenizer_size N, one trained by bpe.py on the
      training text and saved beside the .bin files as tokenizer.bpe (`train_tokenizer`).
   3. Concatenate the documents with <|endoftext|> (GPT-2's id 50256) after each, so the model
      learns where one text ends and an unrelated one begins, and write the ids as uint16 (every
@@ -46,7 +46,7 @@ Getting WikiText-2 (download, line counts, SHA-256) is fetch.py's job.
 
 Run:       python data.py                               (WikiText-2 into data/wikitext-2)
            python data.py --text notes.txt --data_dir data/notes   (your own text, 10% held out)
-           python data.py --text notes.txt --data_dir data/notes-2k --vocab_size 2048
+           python data.py --text notes.txt --data_dir data/notes-2k --tokenizer_size 2048
                                                         (the same, with a tokenizer of its own)
 Read next: train.py, the loop that consumes these blocks.
 """
@@ -68,6 +68,7 @@ import fetch
 import runtime
 from fetch import SPLITS, DataError
 
+WIKITEXT_DIR = "data/wikitext-2"  # where WikiText-2 goes by default; other folders copy it from here
 TEXT_BATCH = 4 << 20  # characters of text handed to the tokenizer at once (some MB of ids)
 END = None  # in a stream of text pieces: the end of a document, written as <|endoftext|>
 
@@ -263,7 +264,8 @@ def prepare(data_dir, text=None, *, val_fraction=None, clean_text=None, vocab_si
                   "clean": clean_text,
                   "sha256": {str(f.resolve()): fetch.sha256(f) for f in files}}
     else:
-        paths = fetch.wikitext(data_dir, variant, mirrors, expected, download=not ready)
+        paths = fetch.wikitext(data_dir, variant, mirrors, expected, download=not ready,
+                               copy_from=WIKITEXT_DIR)
         if paths is None:  # the source files are gone, but what was made from them is still here
             print(f"data: WikiText-2 files not in {data_dir}/; using the prepared .bin files")
             return old
@@ -287,7 +289,7 @@ def prepare(data_dir, text=None, *, val_fraction=None, clean_text=None, vocab_si
 
 def check_vocab_size(n):
     if not 2 + 256 <= n <= 1 << 16:
-        raise runtime.ConfigError(f"--vocab_size {n}: a byte-level BPE needs 256 byte tokens and 2 "
+        raise runtime.ConfigError(f"--tokenizer_size {n}: a byte-level BPE needs 256 byte tokens and 2 "
                                   f"special ones, and .bin files hold ids below 65,536: give a "
                                   f"number from 258 to 65536")
     return n
@@ -477,7 +479,7 @@ def evaluate(model, objective, tokens, batch_size, autocast, max_batches=0):
 def main(argv=None):
     parser = runtime.Parser(prog="data.py", description="Prepare a corpus: tokenize it into "
                                                         "train/val(/test).bin.")
-    parser.add_argument("--data_dir", default="data/wikitext-2",
+    parser.add_argument("--data_dir", default=WIKITEXT_DIR,
                         help="where the corpus and the .bin files live")
     parser.add_argument("--text", default=None,
                         help="your own .txt file or folder of .txt files (default: WikiText-2)")
@@ -485,7 +487,7 @@ def main(argv=None):
                         help="share of your text held out for val (0.1)")
     parser.add_argument("--no_clean", action="store_true",
                         help="keep your text as it is: no cleaning, filtering or deduplication")
-    parser.add_argument("--vocab_size", type=int, default=None,
+    parser.add_argument("--tokenizer_size", type=int, default=None,
                         help="train a tokenizer of this many ids on the training text (bpe.py); "
                              "default: GPT-2's")
     parser.add_argument("--variant", choices=("raw", "v1"), default="raw",
@@ -497,7 +499,7 @@ def main(argv=None):
         raise runtime.ConfigError(f"--val_fraction {args.val_fraction}: must be between 0 and 1")
     start = time.time()
     meta = prepare(args.data_dir, args.text, val_fraction=args.val_fraction,
-                   clean_text=False if args.no_clean else None, vocab_size=args.vocab_size,
+                   clean_text=False if args.no_clean else None, vocab_size=args.tokenizer_size,
                    variant=args.variant, mirrors=(args.mirror,))
     for split, n in meta["tokens"].items():
         print(f"{split:>5}: {n:>10,} tokens  -> {Path(args.data_dir) / (split + '.bin')}")

@@ -16,6 +16,7 @@ Read next: data.py.
 import hashlib
 import http.client
 import os
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -47,11 +48,13 @@ class DataError(UserError):
     """Something about the data the user must fix; the message says what and how."""
 
 
-def wikitext(data_dir, variant="raw", mirrors=MIRRORS, expected=None, download=True):
+def wikitext(data_dir, variant="raw", mirrors=MIRRORS, expected=None, download=True,
+             copy_from=None):
     """Paths of the train/val/test files of WikiText-2 in data_dir: the split files if they are
-    there (either variant), else extracted from a zip that is there, else from a downloaded zip.
-    expected: the line counts and SHA-256s to check against (default: the published ones).
-    With download=False, return None instead of downloading."""
+    there (either variant), else extracted from a zip that is there, else copied from the folder
+    copy_from if it holds them (a second tokenization of the corpus you already have), else from
+    a downloaded zip. expected: the line counts and SHA-256s to check against (default: the
+    published ones). With download=False, return None instead of copying or downloading."""
     expected = expected or {"lines": LINE_COUNTS, "sha256": SHA256}
     data_dir = Path(data_dir)
     variants = (variant, "v1" if variant == "raw" else "raw")  # the one asked for first
@@ -64,6 +67,14 @@ def wikitext(data_dir, variant="raw", mirrors=MIRRORS, expected=None, download=T
             return extract_splits(data_dir / WIKITEXT[v]["zip"], v, expected)
     if not download:
         return None
+    if copy_from and Path(copy_from).resolve() != data_dir.resolve():
+        try:
+            found = wikitext(copy_from, variant, mirrors, expected, download=False)
+        except DataError:  # what is there is not WikiText-2 as published: download it instead
+            found = None
+        if found:
+            print(f"data: WikiText-2 copied from {copy_from}/ to {data_dir}/")
+            return {s: Path(shutil.copyfile(p, data_dir / p.name)) for s, p in found.items()}
     zip_path = data_dir / WIKITEXT[variant]["zip"]
     reasons = []
     for mirror in mirrors:

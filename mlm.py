@@ -8,8 +8,8 @@ in view), so BERT plays a cloze game instead: hide some tokens and predict them 
 How tokens are chosen and hidden (`mask_tokens`)
   1. Choose a share of the positions that hold ordinary tokens: 15% in BERT, 30% by default here
      (MosaicBERT's rate; in a short run, more predictions per step teach more: README, "A BERT
-     that learns"). Special ids (<|endoftext|>, [MASK]: 50256, 50257 with GPT-2's tokenizer)
-     and the padding ids after them are never chosen: there is nothing to learn there. Like
+     that learns"). Special ids (<|endoftext|>, [MASK]: 50256, 50257 with GPT-2's tokenizer, the last two of
+     a trained one) and the padding ids after them are never chosen: there is nothing to learn there. Like
      BERT's original data code (create_pretraining_data.py), we take exactly round(share x
      eligible positions) per sequence, at least one, so a batch never has nothing to predict,
      and the sparse head (model.BERT) sees about the same count every step.
@@ -92,13 +92,15 @@ class MLM:
     causal = False  # it reads both ways: it fills in [MASK]s instead (sample.py's fill-mask)
     # What a BERT run starts from unless a flag says otherwise (README, "A BERT that learns"):
     # rotary positions, so that the model knows from the first step which token is its neighbour;
-    # BERT's own LayerNorm on the embeddings; a higher learning rate; and half the GPT's width:
-    # the 50,304-wide head's work grows with the width and the blocks' with its square, so 2,100
-    # steps (1.76 epochs of WikiText-2) fit in the GPT run's time, and in a run this short more
-    # text teaches more than more width. Two evaluations to the GPT's three. (The masking rate, a
-    # BERT-only flag, has its own default: train.py's mask_prob.)
+    # BERT's own LayerNorm on the embeddings; a higher learning rate; half the GPT's width; and a
+    # tokenizer of its own, 8,192 ids trained on WikiText-2's training text (data.py, bpe.py), in
+    # a folder of its own. Most of a step is the head, whose work grows with the width and with
+    # the number of ids: at 128 wide and 8,192 ids, 5,000 steps (4.2 epochs) fit in the GPT run's
+    # time. Two evaluations to the GPT's three. (The masking rate, a BERT-only flag, has its own
+    # default: train.py's mask_prob.)
     defaults = {"position": "rope", "embedding_layernorm": True, "n_embd": 128, "lr": 3e-3,
-                "min_lr": 3e-4, "warmup_steps": 100, "max_steps": 2100, "eval_interval": 1050}
+                "min_lr": 3e-4, "warmup_steps": 100, "max_steps": 5000, "eval_interval": 2500,
+                "data_dir": "data/wikitext-2-bpe8k", "tokenizer_size": 8192}
     eval_overlap = 0  # evaluation blocks do not overlap: every token is in exactly one
 
     @property

@@ -62,7 +62,9 @@ from runtime import say
 @dataclass
 class TrainConfig:
     model: Literal["gpt", "bert"] = setting("gpt", "gpt: causal LM (clm.py); bert: masked LM")
-    data_dir: str = setting("data/wikitext-2", "the corpus's .bin files (data.py prepares them)")
+    data_dir: str = setting(data.WIKITEXT_DIR, "the corpus's .bin files (data.py prepares them)")
+    tokenizer_size: int = setting(0, "0: GPT-2's tokenizer; N: one of N ids trained on the "
+                                  "training text (bpe.py), for a --data_dir not yet prepared")
     text: str = setting("", "your own .txt file or folder, instead of WikiText-2")
     no_clean: bool = setting(False, "--text as it is: no cleaning or deduplication (clean.py)")
     out_dir: str = setting("out", "where ckpt.pt, log.jsonl and loss.svg go")
@@ -101,7 +103,7 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_interval",
                      "ckpt_interval"):
             check(getattr(self, name) >= 1, name, getattr(self, name), "must be at least 1")
-        for name in ("stop_at", "warmup_steps", "eval_iters", "weight_decay", "grad_clip"):
+        for name in ("tokenizer_size", "stop_at", "warmup_steps", "eval_iters", "weight_decay", "grad_clip"):
             check(getattr(self, name) >= 0, name, getattr(self, name), "must not be negative")
         check(self.lr > 0, "lr", self.lr, "must be positive")
         check(0 <= self.min_lr <= self.lr, "min_lr", self.min_lr, f"must be in [0, --lr {self.lr}]")
@@ -171,7 +173,8 @@ def train(mcfg, cfg, checkpoint, device, dtype, given):
     """Set up a run (data, model, optimizer, counters: fresh or from the checkpoint), then loop."""
     rank, world = runtime.rank_and_world()
     if rank == 0:
-        data.prepare(cfg.data_dir, cfg.text or None, clean_text=False if cfg.no_clean else None)
+        data.prepare(cfg.data_dir, cfg.text or None, clean_text=False if cfg.no_clean else None,
+                     vocab_size=tokenizer_size(cfg, given))
     if world > 1:
         dist.barrier()  # the others wait until rank 0 has prepared the data
     mcfg, eot_id = fit_vocabulary(mcfg, cfg, checkpoint, given)
@@ -272,6 +275,15 @@ def next_batch(run, tokens, B, T, device):
     inputs, targets = run.objective.train_batch(data.get_batch(tokens, B, T, run.generator),
                                                 run.generator)
     return runtime.to_device(inputs, device), runtime.to_device(targets, device)
+
+
+def tokenizer_size(cfg, given):
+    """The tokenizer to prepare data_dir with (None: GPT-2's). A folder already prepared keeps the
+    one it was made with, unless --tokenizer_size asks for another (data.prepare then tokenizes it
+    again), so `--model bert --data_dir data/wikitext-2` trains on GPT-2's tokens as they are."""
+    if "tokenizer_size" in given or data.read_meta(cfg.data_dir) is None:
+        return cfg.tokenizer_size or None
+    return None
 
 
 def train_step(run, micro_batches, grad_clip, autocast):

@@ -5,6 +5,16 @@ repository (as on the project's machines), point at that copy so a bare `pytest`
 import os
 from pathlib import Path
 
+import pytest
+
 _offline = Path(__file__).resolve().parents[2] / "shared" / "tiktoken"
 if "TIKTOKEN_CACHE_DIR" not in os.environ and _offline.is_dir():
     os.environ["TIKTOKEN_CACHE_DIR"] = str(_offline)
+
+
+@pytest.fixture(autouse=True)
+def no_default_wikitext(monkeypatch, tmp_path_factory):
+    """A test's folders never copy WikiText-2 from the repository's data/wikitext-2 (data.py):
+    they hold what the test wrote, whatever this checkout has prepared."""
+    import data
+    monkeypatch.setattr(data, "WIKITEXT_DIR", str(tmp_path_factory.getbasetemp() / "none"))

@@ -134,7 +134,7 @@ def test_a_saved_tokenizer_loads_back_and_keeps_its_name(tmp_path):
     assert bpe.encoding(vocab).name != bpe.encoding(vocab[:-1]).name  # the name tells them apart
 
 
-# End to end: data.py --vocab_size, train.py, sample.py -------------------------------------------
+# End to end: data.py --tokenizer_size, train.py, sample.py -------------------------------------------
 
 TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size",
         "8", "--device", "cpu", "--dtype", "float32", "--lr", "3e-3", "--warmup_steps", "5",
@@ -147,8 +147,8 @@ def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bpe")
     text = " ".join(["the cat sat on the mat.", "a dog ran in the park."] * 300)
     (folder / "t.txt").write_text(text, encoding="utf-8")
-    data.main(["--text", str(folder / "t.txt"), "--data_dir", str(folder / "d"), "--vocab_size",
-               "300", "--no_clean"])
+    data.main(["--text", str(folder / "t.txt"), "--data_dir", str(folder / "d"),
+               "--tokenizer_size", "300", "--no_clean"])
     return folder, text
 
 
@@ -181,3 +181,23 @@ def test_a_gpt_and_a_bert_train_and_sample_with_a_trained_tokenizer(trained, cap
     for prompt, word in masked.items():
         sample.main(["--ckpt", str(folder / "bert/ckpt.pt"), "--prompt", prompt, "--device", "cpu"])
         assert capsys.readouterr().out.startswith(f"[MASK] 1: {word!r}")
+
+
+def test_a_bert_trains_its_own_tokenizer_for_a_new_folder_and_keeps_a_prepared_ones(tmp_path):
+    """BERT's default --tokenizer_size (mlm.MLM.defaults) applies to a folder it prepares; a
+    folder already prepared, here with GPT-2's tokens, is trained on as it is."""
+    import train
+    from mlm import MLM
+    text = " ".join(["the cat sat on the mat.", "a dog ran in the park."] * 50)
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    for model, folder in (("bert", "own"), ("gpt", "gpt2")):
+        train.main(["--model", model, "--text", str(tmp_path / "t.txt"), "--no_clean", "--data_dir",
+                    str(tmp_path / folder), "--out_dir", str(tmp_path / model), "--max_steps", "5",
+                    *TINY])
+    own, gpt2 = data.read_meta(tmp_path / "own"), data.read_meta(tmp_path / "gpt2")
+    assert own["source"]["vocab_size"] == MLM.defaults["tokenizer_size"]
+    assert own["tokenizer"].startswith("bpe-") and data.read_vocab(tmp_path / "own") is not None
+    assert gpt2["tokenizer"] == "gpt2" and "vocab_size" not in gpt2["source"]
+    train.main(["--model", "bert", "--data_dir", str(tmp_path / "gpt2"), "--out_dir",
+                str(tmp_path / "bert-gpt2"), "--max_steps", "5", *TINY])
+    assert data.read_meta(tmp_path / "gpt2") == gpt2  # not tokenized again

@@ -91,6 +91,18 @@ def test_a_second_prepare_does_not_tokenize_and_a_changed_source_does(tmp_path, 
     assert "novels" in data.tokenizer().decode(tokens(tmp_path / "val.bin"))
 
 
+def test_a_second_folder_copies_wikitext_from_the_default_one(tmp_path, monkeypatch):
+    """A second tokenization of WikiText-2 (BERT's trained tokenizer) copies the files that
+    data/wikitext-2 holds instead of downloading them; the default folder is left as it was."""
+    texts, expected = write_wikitext(tmp_path / "default")
+    monkeypatch.setattr(data, "WIKITEXT_DIR", str(tmp_path / "default"))
+    meta = data.prepare(tmp_path / "other", expected=expected, mirrors=("http://127.0.0.1:9/",))
+    assert (tmp_path / "other" / "wiki.valid.raw").read_text(encoding="utf-8") == texts["val"]
+    assert meta["tokens"]["val"] == len(data.tokenizer().encode_ordinary(ARTICLES[1])) + 1
+    assert sorted(p.name for p in (tmp_path / "default").iterdir()) == sorted(
+        fetch.WIKITEXT["raw"]["files"])  # nothing was written there
+
+
 def test_the_v1_files_are_used_when_they_are_the_ones_present(tmp_path):
     texts, expected = write_wikitext(tmp_path, variant="v1")
     meta = data.prepare(tmp_path, variant="raw", expected=expected)
@@ -301,10 +313,11 @@ def test_a_published_file_with_the_wrong_checksum_is_refused(tmp_path):
 def test_offline_with_no_data_exits_with_one_clear_line(tmp_path):
     closed = "http://127.0.0.1:9/"  # the discard port: nothing listens there
     result = subprocess.run(
-        [sys.executable, "data.py", "--data_dir", str(tmp_path / "empty"), "--mirror", closed],
+        [sys.executable, str(Path(__file__).parents[1] / "data.py"), "--data_dir",
+         str(tmp_path / "empty"), "--mirror", closed],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).parents[1],
+        cwd=tmp_path,  # where no data/wikitext-2 could be copied from
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr

@@ -184,10 +184,10 @@ def test_weights_and_data_of_different_tokenizers_are_refused(flags_of, corpus, 
     refusal(
         [
             "--text", str(corpus / "text.txt"), "--data_dir", str(tmp_path / "small"),
-            "--vocab_size", "100",
+            "--tokenizer_size", "100",
         ],
         "data.py",
-        "--vocab_size 100: a byte-level BPE needs",
+        "--tokenizer_size 100: a byte-level BPE needs",
         flags_of,
     )
     trained = tmp_path / "trained"
