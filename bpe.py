@@ -1,6 +1,6 @@
 """
 bpe.py: a tokenizer trained by hand, byte-level byte-pair encoding (BPE). It takes one job out of
-data.py, which runs it: `python data.py --text FILE --data_dir OUT --vocab_size 2048`.
+data.py, which runs it: `python data.py --text FILE --data_dir OUT --tokenizer_size 2048`.
 
 What BPE does (Sennrich et al. 2016; the byte-level variant of GPT-2, Radford et al. 2019)
   Start from the 256 byte values: every text in every script is a sequence of UTF-8 bytes, so no

@@ -152,7 +152,7 @@ def fit_vocabulary(mcfg, cfg, checkpoint, given):
     if cfg.init_from == "gpt2" and vocab is not None:
         raise ConfigError(f"--init_from gpt2: GPT-2 knows GPT-2's tokens, but --data_dir "
                           f"{cfg.data_dir} has a trained tokenizer: prepare the text into a "
-                          f"folder of its own without --vocab_size")
+                          f"folder of its own without --tokenizer_size")
     if cfg.init_from == "scratch" and "vocab_size" not in given:
         mcfg = dataclasses.replace(mcfg, vocab_size=-(-need // 64) * 64)
     if mcfg.vocab_size < need:

@@ -68,7 +68,7 @@ import fetch
 import runtime
 from fetch import SPLITS, DataError
 
-WIKITEXT_DIR = "data/wikitext-2"  # where WikiText-2 goes by default; other folders copy it from here
+WIKITEXT_DIR = "data/wikitext-2"  # WikiText-2 goes here by default; other folders copy it from here
 TEXT_BATCH = 4 << 20  # characters of text handed to the tokenizer at once (some MB of ids)
 END = None  # in a stream of text pieces: the end of a document, written as <|endoftext|>
 
@@ -289,9 +289,9 @@ def prepare(data_dir, text=None, *, val_fraction=None, clean_text=None, vocab_si
 
 def check_vocab_size(n):
     if not 2 + 256 <= n <= 1 << 16:
-        raise runtime.ConfigError(f"--tokenizer_size {n}: a byte-level BPE needs 256 byte tokens and 2 "
-                                  f"special ones, and .bin files hold ids below 65,536: give a "
-                                  f"number from 258 to 65536")
+        raise runtime.ConfigError(f"--tokenizer_size {n}: a byte-level BPE needs 256 byte tokens "
+                                  f"and 2 special ones, and .bin files hold ids below 65,536: "
+                                  f"give a number from 258 to 65536")
     return n
 
 

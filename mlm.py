@@ -8,11 +8,11 @@ in view), so BERT plays a cloze game instead: hide some tokens and predict them 
 How tokens are chosen and hidden (`mask_tokens`)
   1. Choose a share of the positions that hold ordinary tokens: 15% in BERT, 30% by default here
      (MosaicBERT's rate; in a short run, more predictions per step teach more: README, "A BERT
-     that learns"). Special ids (<|endoftext|>, [MASK]: 50256, 50257 with GPT-2's tokenizer, the last two of
-     a trained one) and the padding ids after them are never chosen: there is nothing to learn there. Like
-     BERT's original data code (create_pretraining_data.py), we take exactly round(share x
-     eligible positions) per sequence, at least one, so a batch never has nothing to predict,
-     and the sparse head (model.BERT) sees about the same count every step.
+     that learns"). Special ids (<|endoftext|>, [MASK]: 50256, 50257 with GPT-2's tokenizer,
+     the last two of a trained one) and the padding ids after them are never chosen: there is
+     nothing to learn there. Like BERT's original data code (create_pretraining_data.py), we take
+     exactly round(share x eligible positions) per sequence, at least one, so a batch never has
+     nothing to predict, and the sparse head (model.BERT) sees about the same count every step.
   2. Of the chosen positions, 80% become [MASK], 10% become a random ordinary token, 10% stay as
      they are. Why not 100% [MASK]? [MASK] never appears when the model is later fine-tuned or
      used, so a model that only learned "predict at [MASK]" would be trained on inputs unlike the
@@ -95,7 +95,7 @@ class MLM:
     # BERT's own LayerNorm on the embeddings; a higher learning rate; half the GPT's width; and a
     # tokenizer of its own, 8,192 ids trained on WikiText-2's training text (data.py, bpe.py), in
     # a folder of its own. Most of a step is the head, whose work grows with the width and with
-    # the number of ids: at 128 wide and 8,192 ids, 5,000 steps (4.2 epochs) fit in the GPT run's
+    # the number of ids: at 128 wide and 8,192 ids, 5,000 steps (3.8 epochs) fit in the GPT run's
     # time. Two evaluations to the GPT's three. (The masking rate, a BERT-only flag, has its own
     # default: train.py's mask_prob.)
     defaults = {"position": "rope", "embedding_layernorm": True, "n_embd": 128, "lr": 3e-3,

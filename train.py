@@ -103,7 +103,8 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_interval",
                      "ckpt_interval"):
             check(getattr(self, name) >= 1, name, getattr(self, name), "must be at least 1")
-        for name in ("tokenizer_size", "stop_at", "warmup_steps", "eval_iters", "weight_decay", "grad_clip"):
+        for name in ("tokenizer_size", "stop_at", "warmup_steps", "eval_iters", "weight_decay",
+                     "grad_clip"):
             check(getattr(self, name) >= 0, name, getattr(self, name), "must not be negative")
         check(self.lr > 0, "lr", self.lr, "must be positive")
         check(0 <= self.min_lr <= self.lr, "min_lr", self.min_lr, f"must be in [0, --lr {self.lr}]")

@@ -134,7 +134,7 @@ def test_a_saved_tokenizer_loads_back_and_keeps_its_name(tmp_path):
     assert bpe.encoding(vocab).name != bpe.encoding(vocab[:-1]).name  # the name tells them apart
 
 
-# End to end: data.py --tokenizer_size, train.py, sample.py -------------------------------------------
+# End to end: data.py --tokenizer_size, train.py, sample.py ---------------------------------------
 
 TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size",
         "8", "--device", "cpu", "--dtype", "float32", "--lr", "3e-3", "--warmup_steps", "5",
