@@ -153,6 +153,29 @@ COLLOCATIONS = [  # (a sentence, the word its [MASK] hides), for README's "A BER
     ("The Prime Minister resigned after losing a vote of no [MASK] .", "confidence"),
     ("Rain fell for three days and the river burst its [MASK] .", "banks"),
 ]
+LATER_COLLOCATIONS = [  # 20 more, written after the BERT's tokenizer was chosen with the 40 above:
+    # a check the choice could not have been fitted to (README, "A BERT that learns")
+    ("She won the Academy [MASK] for Best Actress in 1955 .", "Award"),
+    ("The Soviet [MASK] collapsed at the end of 1991 .", "Union"),
+    ("The Supreme [MASK] ruled that the law was invalid .", "Court"),
+    ("His grandfather fought in the American Civil [MASK] .", "War"),
+    ("The striker scored a hat [MASK] in the second half .", "trick"),
+    ("The team finished the regular [MASK] with ten wins .", "season"),
+    ("The chapel is dedicated to the Virgin [MASK] .", "Mary"),
+    ("The castle was built in the Middle [MASK] by a local lord .", "Ages"),
+    ("The liner sank on her maiden [MASK] after hitting an iceberg .", "voyage"),
+    ("The game was released in North [MASK] in the spring of 2005 .", "America"),
+    ("The President met the minister at the White [MASK] .", "House"),
+    ("The company moved its offices from London to Hong [MASK] .", "Kong"),
+    ("The orchestra gave a concert in Buenos [MASK] last year .", "Aires"),
+    ("The actor died of lung [MASK] at the age of 60 .", "cancer"),
+    ("The film was a failure at the box [MASK] .", "office"),
+    ("He was awarded the Nobel [MASK] for his work on physics .", "Prize"),
+    ("The second season received mixed [MASK] from critics .", "reviews"),
+    ("The band began a world [MASK] to promote the record .", "tour"),
+    ("The new ground has a seating [MASK] of 20 @,@ 000 .", "capacity"),
+    ("The two nations signed a peace [MASK] to end the war .", "treaty"),
+]
 TOKENIZER_TEXTS = {  # (text to train on, text to count tokens on)
     "English": ("data/wikitext-2/wiki.train.tokens", "data/wikitext-2/wiki.valid.tokens"),
     "Chinese": ("../shared/seeds", "../shared/seeds"),
@@ -320,7 +343,8 @@ def wikitext_corpus(path, seed=0):
 @torch.no_grad()
 def bench_collocations(row, device, dtype):
     """How many of the 40 COLLOCATIONS a trained model knows: the hidden word among its 5 most
-    likely tokens, and the median rank of the hidden word. A BERT fills the [MASK] from both
+    likely tokens, and the median rank of the hidden word; and how many of the 20
+    LATER_COLLOCATIONS. A BERT fills the [MASK] from both
     sides (as sample.py does); a GPT predicts the word after the text before the [MASK]. A word
     the model's tokenizer splits into pieces counts as a miss ("split words")."""
     path = Path(row["ckpt"])
@@ -329,7 +353,7 @@ def bench_collocations(row, device, dtype):
     model, _, enc = load_model(load_checkpoint(path))
     model.eval()
     ranks = []
-    for sentence, word in COLLOCATIONS:
+    for sentence, word in COLLOCATIONS + LATER_COLLOCATIONS:
         if row["fill_mask"]:  # every ordinary token, most likely first, as sample.py ranks them
             ids = sample.encode_prompt(sentence, enc)
             ranked = [t for t, _ in sample.fill_mask(model, ids, enc.eot_token,
@@ -340,8 +364,11 @@ def bench_collocations(row, device, dtype):
         answer = enc.encode_ordinary(" " + word)
         # a word the tokenizer splits cannot be one token's answer: a miss, ranked last
         ranks.append(1 + ranked.index(answer[0]) if len(answer) == 1 else math.inf)
+    ranks, later = ranks[:len(COLLOCATIONS)], ranks[len(COLLOCATIONS):]
     return {"top 5": sum(r <= 5 for r in ranks), "median rank": statistics.median(ranks),
-            "split words": sum(r == math.inf for r in ranks)}
+            "split words": sum(r == math.inf for r in ranks),
+            "later 20: top 5": sum(r <= 5 for r in later),
+            "later 20: split": sum(r == math.inf for r in later)}
 
 
 def bench_clean(row, device, dtype):
@@ -464,7 +491,8 @@ def main(argv=None):
     for columns, tasks in ((("tokens/s", "ms/step", "MFU", "peak memory (MB)"),
                             ("train", "adamw", "generate")),
                            (("ms", "GFLOP/s", "peak memory (MB)"), ("matmul",)),
-                           (("top 5", "median rank", "split words"), ("collocations",)),
+                           (("top 5", "median rank", "split words", "later 20: top 5",
+                             "later 20: split"), ("collocations",)),
                            (("MB/s", "documents", "kept", "peak memory (MB)"), ("clean",)),
                            (("ids", "characters", "tokens", "tokens/char", "training (s)",
                              "peak memory (MB)"), ("tokenizer",)),
