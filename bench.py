@@ -344,9 +344,9 @@ def wikitext_corpus(path, seed=0):
 def bench_collocations(row, device, dtype):
     """How many of the 40 COLLOCATIONS a trained model knows: the hidden word among its 5 most
     likely tokens, and the median rank of the hidden word; and how many of the 20
-    LATER_COLLOCATIONS. A BERT fills the [MASK] from both
-    sides (as sample.py does); a GPT predicts the word after the text before the [MASK]. A word
-    the model's tokenizer splits into pieces counts as a miss ("split words")."""
+    LATER_COLLOCATIONS. A BERT fills the [MASK] from both sides (as sample.py does); a GPT
+    predicts the word after the text before the [MASK]. A word the model's tokenizer splits into
+    pieces counts as a miss ("split words")."""
     path = Path(row["ckpt"])
     if not path.exists():
         raise FileNotFoundError(f"{path}: train it first (README, Results on this machine)")

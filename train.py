@@ -280,11 +280,17 @@ def next_batch(run, tokens, B, T, device):
 
 def tokenizer_size(cfg, given):
     """The tokenizer to prepare data_dir with (None: GPT-2's). A folder already prepared keeps the
-    one it was made with, unless --tokenizer_size asks for another (data.prepare then tokenizes it
-    again), so `--model bert --data_dir data/wikitext-2` trains on GPT-2's tokens as they are."""
-    if "tokenizer_size" in given or data.read_meta(cfg.data_dir) is None:
-        return cfg.tokenizer_size or None
-    return None
+    one it was made with, unless --tokenizer_size asks for another size (data.prepare then
+    tokenizes it again), so `--model bert --data_dir data/wikitext-2` trains on GPT-2's tokens as
+    they are. A trained folder cannot go back to GPT-2's: asking for that is refused."""
+    meta = data.read_meta(cfg.data_dir)
+    if meta is not None and "tokenizer_size" not in given:
+        return None
+    if meta is not None and not cfg.tokenizer_size and "vocab_size" in meta["source"]:
+        raise runtime.ConfigError(f"--tokenizer_size 0: --data_dir {cfg.data_dir} holds the tokens "
+                                  f"of a trained tokenizer ({meta['tokenizer']}); prepare GPT-2's "
+                                  f"in a folder of its own (another --data_dir)")
+    return cfg.tokenizer_size or None
 
 
 def train_step(run, micro_batches, grad_clip, autocast):

@@ -186,6 +186,7 @@ def test_a_gpt_and_a_bert_train_and_sample_with_a_trained_tokenizer(trained, cap
 def test_a_bert_trains_its_own_tokenizer_for_a_new_folder_and_keeps_a_prepared_ones(tmp_path):
     """BERT's default --tokenizer_size (mlm.MLM.defaults) applies to a folder it prepares; a
     folder already prepared, here with GPT-2's tokens, is trained on as it is."""
+    import runtime
     import train
     from mlm import MLM
     text = " ".join(["the cat sat on the mat.", "a dog ran in the park."] * 50)
@@ -201,3 +202,8 @@ def test_a_bert_trains_its_own_tokenizer_for_a_new_folder_and_keeps_a_prepared_o
     train.main(["--model", "bert", "--data_dir", str(tmp_path / "gpt2"), "--out_dir",
                 str(tmp_path / "bert-gpt2"), "--max_steps", "5", *TINY])
     assert data.read_meta(tmp_path / "gpt2") == gpt2  # not tokenized again
+    with pytest.raises(runtime.ConfigError, match="--tokenizer_size 0: --data_dir .* holds the "
+                                                  "tokens of a trained tokenizer"):
+        train.main(["--model", "bert", "--data_dir", str(tmp_path / "own"), "--tokenizer_size",
+                    "0", "--out_dir", str(tmp_path / "bert-0"), "--max_steps", "5", *TINY])
+    assert data.read_meta(tmp_path / "own") == own  # and the folder is as it was
