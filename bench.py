@@ -343,32 +343,29 @@ def wikitext_corpus(path, seed=0):
 @torch.no_grad()
 def bench_collocations(row, device, dtype):
     """How many of the 40 COLLOCATIONS a trained model knows: the hidden word among its 5 most
-    likely tokens, and the median rank of the hidden word; and how many of the 20
-    LATER_COLLOCATIONS. A BERT fills the [MASK] from both sides (as sample.py does); a GPT
-    predicts the word after the text before the [MASK]. A word the model's tokenizer splits into
-    pieces counts as a miss ("split words")."""
+    likely words, and the median rank of the hidden word (past 50: infinite); and how many of the
+    20 LATER_COLLOCATIONS. A BERT fills the [MASK] from both sides with a word of one token or
+    several (sample.fill_mask); a GPT predicts the token after the text before the [MASK], so a
+    word its tokenizer splits is a miss for it. "split words": answers of more than one token."""
     path = Path(row["ckpt"])
     if not path.exists():
         raise FileNotFoundError(f"{path}: train it first (README, Results on this machine)")
     model, _, enc = load_model(load_checkpoint(path))
     model.eval()
-    ranks = []
+    ranks, split = [], []
     for sentence, word in COLLOCATIONS + LATER_COLLOCATIONS:
-        if row["fill_mask"]:  # every ordinary token, most likely first, as sample.py ranks them
+        if row["fill_mask"]:  # words, most likely first, as sample.py ranks them
             ids = sample.encode_prompt(sentence, enc)
-            ranked = [t for t, _ in sample.fill_mask(model, ids, enc.eot_token,
-                                                     enc.eot_token + 1)[0]]
+            ranked = [w for w, _ in sample.fill_mask(model, ids, enc, top_k=50)[0]]
         else:  # the next token after the words before the [MASK], ordinary tokens only
             logits = model(torch.tensor([enc.encode(sentence.split(" [MASK]")[0])]))[0, -1]
-            ranked = logits[:enc.eot_token].argsort(descending=True).tolist()
-        answer = enc.encode_ordinary(" " + word)
-        # a word the tokenizer splits cannot be one token's answer: a miss, ranked last
-        ranks.append(1 + ranked.index(answer[0]) if len(answer) == 1 else math.inf)
-    ranks, later = ranks[:len(COLLOCATIONS)], ranks[len(COLLOCATIONS):]
-    return {"top 5": sum(r <= 5 for r in ranks), "median rank": statistics.median(ranks),
-            "split words": sum(r == math.inf for r in ranks),
-            "later 20: top 5": sum(r <= 5 for r in later),
-            "later 20: split": sum(r == math.inf for r in later)}
+            ranked = [enc.decode([t]) for t in logits[:enc.eot_token].topk(50).indices]
+        ranks.append(1 + ranked.index(" " + word) if " " + word in ranked else math.inf)
+        split.append(len(enc.encode_ordinary(" " + word)) > 1)
+    n = len(COLLOCATIONS)
+    return {"top 5": sum(r <= 5 for r in ranks[:n]), "median rank": statistics.median(ranks[:n]),
+            "split words": sum(split[:n]), "later 20: top 5": sum(r <= 5 for r in ranks[n:]),
+            "later 20: split": sum(split[n:])}
 
 
 def bench_clean(row, device, dtype):

@@ -19,7 +19,8 @@ and values; from then on each step recomputes the window. (With rotary positions
 rope`, a cache could drop its oldest entries instead: EXERCISES.md, exercise 4, asks why.) With
 and without the cache, the tokens are the same.
 
-Fill-mask (BERT): put [MASK] in the prompt; the model scores every vocabulary entry at each [MASK].
+Fill-mask (BERT): put [MASK] in the prompt where a word is missing; the model scores every word it
+can spell there, of one token or of several (`fill_mask`: a word of n tokens needs n [MASK]s).
 
 Perplexity: --eval val|test|file.txt runs data.evaluate, the exact pass over every token of
 the text. For a BERT it reports the masked-LM loss with fixed masks and its exponential, a
@@ -128,14 +129,62 @@ def generate(model, idx, max_new_tokens, sampling=Sampling(), generator=None, us
 
 
 @torch.no_grad()
-def fill_mask(model, ids, top_k=5, mask_id=MASK_ID):
-    """For each [MASK] in ids (a list), the top_k (token id, probability) pairs of a BERT. The
-    ordinary tokens are the ids below <|endoftext|>, mask_id - 1."""
-    idx = torch.tensor([ids], device=model.transformer.wte.weight.device)
-    logits = model(idx, positions=idx == mask_id).float()  # (number of [MASK]s, V): sparse head
-    logits[:, mask_id - 1:] = float("-inf")  # candidates are ordinary tokens
-    probs, tokens = torch.topk(F.softmax(logits, dim=-1), top_k)  # (number of [MASK]s, top_k) each
-    return [list(zip(t.tolist(), p.tolist())) for t, p in zip(tokens, probs)]
+def fill_mask(model, ids, enc, top_k=5, max_pieces=3):
+    """For each [MASK] in ids (a list), the top_k words a BERT puts there: (text, probability).
+
+    A [MASK] hides a word, and a word may be one token or several (a tokenizer of 8,192 ids
+    writes " Commons" as " Comm" + "ons"). So each [MASK] is asked max_pieces questions: for n = 1,
+    2, ..., put n [MASK]s in its place (the other [MASK]s stay as they are): which n tokens spell
+    one word there? `spell` fills them left to right, each scored with the ones before it in view:
+    p(t1) p(t2 | t1) ... A word gets the probability from the question with its own number of
+    tokens (its BPE split), so a one-token word's is the softmax at a single [MASK]. A word starts
+    anew (after "United", " s" may come but not "s"), and its later tokens carry it on ("ons").
+    The answers of all the questions are ranked together, though each question's add up to one."""
+    mask_id = enc.eot_token + 1
+    pieces = [enc.decode_single_token_bytes(t) for t in range(enc.eot_token)]
+    joins = torch.tensor([word_byte(p[:1]) for p in pieces])  # "ons": goes on the token before
+    open_end = torch.tensor([word_byte(p[-1:]) for p in pieces])  # " Comm": a token can follow
+    found = []
+    for where in [i for i, t in enumerate(ids) if t == mask_id]:
+        before = pieces[ids[where - 1]] if 0 < where and ids[where - 1] < len(pieces) else b" "
+        starts = ~joins if word_byte(before[-1:]) else torch.ones_like(joins)
+        words = {}
+        for n in range(1, max_pieces + 1):
+            if len(ids) + n - 1 > model.config.block_size:
+                break
+            first = starts if n == 1 else starts & open_end
+            for tokens, p in spell(model, ids, where, n, first, joins, beam=2 * top_k):
+                if p > 0 and enc.encode_ordinary(enc.decode(tokens)) == tokens:  # BPE's own split
+                    words[enc.decode(tokens)] = p
+        found.append(sorted(words.items(), key=lambda w: -w[1])[:top_k])
+    return found
+
+
+def word_byte(b):
+    """Whether a byte (b, a bytes of length 1) is part of a word: a letter, a digit or a byte of
+    a character beyond ASCII."""
+    return b.isalnum() or b >= b"\x80"
+
+
+def spell(model, ids, where, n, first, then, beam):
+    """The `beam` most likely fillings [(tokens, probability)] of n [MASK]s put in place of
+    ids[where], left to right: the first token among `first`, the others among `then` (boolean
+    masks over the ordinary ids); a beam search, one batched forward pass per token."""
+    mask_id, device, V = ids[where], next(model.parameters()).device, len(then)
+    beams = [([], 1.0)]
+    for i in range(n):
+        rows = [ids[:where] + t + [mask_id] * (n - len(t)) + ids[where + 1:] for t, _ in beams]
+        idx = torch.tensor(rows, device=device)  # (beams, T + n - 1)
+        at = torch.zeros_like(idx, dtype=torch.bool)
+        at[:, where + i] = True
+        logits = model(idx, positions=at).float()  # (beams, vocabulary): one row each
+        logits[:, V:] = float("-inf")  # candidates are ordinary tokens
+        probs = F.softmax(logits, dim=-1)[:, :V] * (first if i == 0 else then).to(device)
+        joint = torch.tensor([p for _, p in beams], device=device)[:, None] * probs  # (beams, V)
+        best = joint.flatten().topk(beam)
+        beams = [(beams[k // V][0] + [k % V], p)
+                 for k, p in zip(best.indices.tolist(), best.values.tolist())]
+    return beams
 
 
 def encode_prompt(prompt, enc):
@@ -233,8 +282,8 @@ def print_fill_mask(model, ids, top_k, enc):
     if len(ids) > model.config.block_size:
         raise runtime.ConfigError(f"--prompt has {len(ids)} tokens, more than the model's "
                                   f"block_size {model.config.block_size}")
-    for n, candidates in enumerate(fill_mask(model, ids, top_k, enc.eot_token + 1), start=1):
-        print(f"[MASK] {n}: " + ", ".join(f"{enc.decode([t])!r} {p:.3f}" for t, p in candidates))
+    for n, words in enumerate(fill_mask(model, ids, enc, top_k), start=1):
+        print(f"[MASK] {n}: " + ", ".join(f"{word!r} {p:.3f}" for word, p in words))
 
 
 def parse_args(argv):

@@ -158,8 +158,52 @@ def test_fill_mask_puts_the_memorised_word_first():
         "The quick brown [MASK] jumps over the lazy dog.", data.tokenizer()
     )
     assert masked.count(MASK_ID) == 1 and len(masked) == len(ids)
-    (best, p), *_ = sample.fill_mask(bert, masked, top_k=3)[0]
-    assert data.tokenizer().decode([best]) == " fox" and p > 0.5
+    (best, p), *_ = sample.fill_mask(bert, masked, data.tokenizer(), top_k=3)[0]
+    assert best == " fox" and p > 0.5
+
+
+class TableBERT(torch.nn.Module):
+    """A stand-in BERT whose probabilities at a [MASK] are written out by hand: they depend on the
+    number n of [MASK]s that replaced the one at `where`, the slot and the token before it."""
+
+    def __init__(self, length, where, table):
+        super().__init__()
+        self.config = ModelConfig(block_size=32)
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # where the model lives: the CPU
+        self.length, self.where, self.table = length, where, table
+
+    def forward(self, idx, positions):
+        rows = []
+        for b, t in positions.nonzero().tolist():
+            n, slot = idx.size(1) - self.length + 1, t - self.where
+            probs = torch.full((MASK_ID + 1,), 1e-12)  # everything else: next to nothing
+            for token, p in self.table.get((n, slot, idx[b, t - 1].item()), {}).items():
+                probs[token] = p
+            rows.append(probs.log())
+        return torch.stack(rows)  # (number of [MASK]s, V)
+
+
+def test_fill_mask_scores_a_word_of_several_tokens_by_the_chain_rule():
+    enc = data.tokenizer()
+    wom, bat, cat, s, dog, comma, stop, also = (enc.encode_ordinary(w)[0] for w in
+                                                (" wom", "bat", " cat", "s", " dog", " ,", " .",
+                                                 " and"))
+    assert enc.encode_ordinary(" wombat") == [wom, bat]
+    assert enc.encode_ordinary(" cats") != [cat, s]  # " cats" is one token: " cat" + "s" is not
+    ids = sample.encode_prompt("I saw a [MASK] in the zoo", enc)
+    where, before = ids.index(MASK_ID), ids[ids.index(MASK_ID) - 1]
+    table = {
+        (1, 0, before): {cat: 0.45, dog: 0.3, s: 0.13, wom: 0.12},  # one [MASK]: one token
+        (2, 0, before): {wom: 0.6, cat: 0.3, comma: 0.1},  # two: the first token ...
+        (2, 1, wom): {bat: 0.9, stop: 0.1},  # ... and the second after it
+        (2, 1, cat): {s: 0.5, also: 0.5},
+    }
+    words = dict(sample.fill_mask(TableBERT(len(ids), where, table), ids, enc, top_k=4)[0])
+    expected = {" wombat": 0.6 * 0.9, " cat": 0.45, " dog": 0.3, " wom": 0.12}
+    # not " cat" + "s" (0.15: BPE writes " cats" as one token), nor "s" (0.13: "as", not a new
+    # word), nor " wom" + " ." (" ." does not go on a word), nor " ," + anything
+    assert words.keys() == expected.keys()
+    assert all(math.isclose(words[w], p, rel_tol=1e-5) for w, p in expected.items())
 
 
 # 5. Perplexity -----------------------------------------------------------------------------------
