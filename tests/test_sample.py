@@ -1,5 +1,6 @@
 """sample.py: the sampling filters against distributions computed by hand, the KV cache against
-plain generation, fill-mask on a memorised sentence, and perplexity against a loss written out."""
+plain generation, fill-mask on a memorised sentence and, for words of several tokens, against
+probabilities written out by hand, and perplexity against a loss written out."""
 
 import argparse
 import math
