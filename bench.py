@@ -355,16 +355,18 @@ def bench_collocations(row, device, dtype):
         raise FileNotFoundError(f"{path}: train it first (README, Results on this machine)")
     model, _, enc = load_model(load_checkpoint(path))
     model.eval()
-    ranks, split = [], []
+    ranks, split, pairs = [], [], []
     for sentence, word in COLLOCATIONS + LATER_COLLOCATIONS:
+        before = sentence.split(" [MASK]")[0]
         if row["fill_mask"]:  # words, most likely first, as sample.py ranks them
             ids = sample.encode_prompt(sentence, enc)
             ranked = [w for w, _ in sample.fill_mask(model, ids, enc, top_k=50)[0]]
         else:  # the next token after the words before the [MASK], ordinary tokens only
-            logits = model(torch.tensor([enc.encode(sentence.split(" [MASK]")[0])]))[0, -1]
+            logits = model(torch.tensor([enc.encode(before)]))[0, -1]
             ranked = [enc.decode([t]) for t in logits[:enc.eot_token].topk(50).indices]
         ranks.append(1 + ranked.index(" " + word) if " " + word in ranked else math.inf)
         split.append(len(enc.encode_ordinary(" " + word)) > 1)
+        pairs.append(f" {before.split(' ')[-1]} {word} ")  # the word before the [MASK], and it
     n = len(COLLOCATIONS)
     result = {"top 5": sum(r <= 5 for r in ranks[:n]), "median rank": statistics.median(ranks[:n]),
               "split words": sum(split[:n]), "later 20: top 5": sum(r <= 5 for r in ranks[n:]),
@@ -372,8 +374,7 @@ def bench_collocations(row, device, dtype):
     train = Path(TOKENIZER_TEXTS["English"][0])
     if train.exists():  # WikiText-2's words, as data/wikitext-2 holds them
         text = train.read_text(encoding="utf-8")
-        met = [text.count(f" {sentence.split(' [MASK]')[0].split(' ')[-1]} {word} ") >= 10
-               for sentence, word in COLLOCATIONS + LATER_COLLOCATIONS]
+        met = [text.count(pair) >= 10 for pair in pairs]
         result |= {"met 10+ times": sum(met),
                    "met 10+ times: top 5": sum(r <= 5 for r, m in zip(ranks, met) if m)}
     return result

@@ -154,8 +154,9 @@ def fill_mask(model, ids, enc, top_k=5, max_pieces=3):
                 break
             first = starts if n == 1 else starts & open_end
             for tokens, p in spell(model, ids, where, n, first, joins, beam=2 * top_k):
-                if p > 0 and enc.encode_ordinary(enc.decode(tokens)) == tokens:  # BPE's own split
-                    words[enc.decode(tokens)] = p
+                word = enc.decode(tokens)
+                if p > 0 and enc.encode_ordinary(word) == tokens:  # BPE's own split of the word
+                    words[word] = p
         found.append(sorted(words.items(), key=lambda w: -w[1])[:top_k])
     return found
 
