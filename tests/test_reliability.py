@@ -31,10 +31,13 @@ PROGRAMS = {"train.py": train.main, "sample.py": sample.main, "data.py": data.ma
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """A prepared text corpus, and a one-step checkpoint trained on it."""
+    """A prepared text corpus, and a one-step checkpoint trained on it; the same text in "small",
+    with a tokenizer of 300 ids trained on it, for the runs of many steps (each step several times
+    cheaper than with GPT-2's 50,257 ids)."""
     folder = tmp_path_factory.mktemp("reliability")
     (folder / "text.txt").write_text("Rain fell on the quiet town. " * 300, encoding="utf-8")
     data.prepare(folder / "prepared", text=str(folder / "text.txt"), clean_text=False)
+    data.prepare(folder / "small", text=str(folder / "text.txt"), clean_text=False, vocab_size=300)
     run_quietly(["--data_dir", str(folder / "prepared"), "--out_dir", str(folder / "out"), *TINY,
                  "--max_steps", "1", "--warmup_steps", "1"])
     return folder
@@ -326,7 +329,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_leaves_no_temporary_file(corp
 
 
 def launch(corpus, out_dir, *flags):
-    cmd = [sys.executable, "train.py", "--data_dir", str(corpus / "prepared"), "--out_dir",
+    cmd = [sys.executable, "train.py", "--data_dir", str(corpus / "small"), "--out_dir",
            str(out_dir), *TINY, *flags]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
@@ -341,23 +344,23 @@ def wait_for(condition, seconds=60):
 
 def test_a_second_run_on_a_busy_out_dir_is_refused_and_the_first_completes(corpus, tmp_path,
                                                                           flags_of):
-    first = launch(corpus, tmp_path, "--max_steps", "30", "--ckpt_interval", "1")
+    first = launch(corpus, tmp_path, "--max_steps", "100", "--ckpt_interval", "1")  # 2 s or so
     try:
         wait_for(lambda: (tmp_path / "ckpt.pt").exists())
-        refusal(["--data_dir", str(corpus / "prepared"), "--out_dir", str(tmp_path),
+        refusal(["--data_dir", str(corpus / "small"), "--out_dir", str(tmp_path),
                  "--init_from", "resume"], "train.py",
                 f"--out_dir {tmp_path} is in use by another run (process id {first.pid})", flags_of)
     finally:
         assert first.wait(timeout=120) == 0, first.stderr.read()
-    assert [r["step"] for r in log(tmp_path)] == list(range(1, 31))
-    assert load_checkpoint(tmp_path / "ckpt.pt")["step"] == 30
+    assert [r["step"] for r in log(tmp_path)] == list(range(1, 101))
+    assert load_checkpoint(tmp_path / "ckpt.pt")["step"] == 100
 
 
 def test_killed_at_random_moments_a_run_resumes_to_the_unbroken_result(corpus, tmp_path):
-    # 40 steps: three kills, each at most 0.4 s after a checkpoint, must land before the end
-    steps = 40
+    # three kills, each at most 0.2 s (about ten steps) after a checkpoint, land before step 60
+    steps = 60
     flags = ["--max_steps", str(steps), "--ckpt_interval", "1", "--dropout", "0.1"]
-    train.main(["--data_dir", str(corpus / "prepared"), "--out_dir", str(tmp_path / "unbroken"),
+    train.main(["--data_dir", str(corpus / "small"), "--out_dir", str(tmp_path / "unbroken"),
                 *TINY, *flags])
     out, rng, kills = tmp_path / "killed", random.Random(0), 0
     while kills < 3:
@@ -366,7 +369,7 @@ def test_killed_at_random_moments_a_run_resumes_to_the_unbroken_result(corpus, t
         proc = launch(corpus, out, *flags, *resume)
         wait_for(lambda: (out / "ckpt.pt").exists() and proc.poll() is None
                  and load_checkpoint(out / "ckpt.pt")["step"] > before)
-        time.sleep(rng.uniform(0, 0.4))  # then kill it anywhere: in a step, a save, the log
+        time.sleep(rng.uniform(0, 0.2))  # then kill it anywhere: in a step, a save, the log
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
