@@ -344,7 +344,7 @@ def wait_for(condition, seconds=60):
 
 def test_a_second_run_on_a_busy_out_dir_is_refused_and_the_first_completes(corpus, tmp_path,
                                                                           flags_of):
-    first = launch(corpus, tmp_path, "--max_steps", "100", "--ckpt_interval", "1")  # 2 s or so
+    first = launch(corpus, tmp_path, "--max_steps", "100", "--ckpt_interval", "1")  # busy a while
     try:
         wait_for(lambda: (tmp_path / "ckpt.pt").exists())
         refusal(["--data_dir", str(corpus / "small"), "--out_dir", str(tmp_path),
@@ -357,7 +357,8 @@ def test_a_second_run_on_a_busy_out_dir_is_refused_and_the_first_completes(corpu
 
 
 def test_killed_at_random_moments_a_run_resumes_to_the_unbroken_result(corpus, tmp_path):
-    # three kills, each at most 0.2 s (about ten steps) after a checkpoint, land before step 60
+    # three kills, each at most 0.2 s (a handful of these tiny steps) after a checkpoint, land
+    # well before step 60
     steps = 60
     flags = ["--max_steps", str(steps), "--ckpt_interval", "1", "--dropout", "0.1"]
     train.main(["--data_dir", str(corpus / "small"), "--out_dir", str(tmp_path / "unbroken"),
