@@ -328,9 +328,13 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_leaves_no_temporary_file(corp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "log.jsonl", "run.lock"]
 
 
+def small_run(corpus, out_dir, *flags):
+    """train.py's arguments for a tiny run on the 300-id folder."""
+    return ["--data_dir", str(corpus / "small"), "--out_dir", str(out_dir), *TINY, *flags]
+
+
 def launch(corpus, out_dir, *flags):
-    cmd = [sys.executable, "train.py", "--data_dir", str(corpus / "small"), "--out_dir",
-           str(out_dir), *TINY, *flags]
+    cmd = [sys.executable, "train.py", *small_run(corpus, out_dir, *flags)]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
 
@@ -361,8 +365,7 @@ def test_killed_at_random_moments_a_run_resumes_to_the_unbroken_result(corpus, t
     # well before step 60
     steps = 60
     flags = ["--max_steps", str(steps), "--ckpt_interval", "1", "--dropout", "0.1"]
-    train.main(["--data_dir", str(corpus / "small"), "--out_dir", str(tmp_path / "unbroken"),
-                *TINY, *flags])
+    train.main(small_run(corpus, tmp_path / "unbroken", *flags))
     out, rng, kills = tmp_path / "killed", random.Random(0), 0
     while kills < 3:
         resume = ["--init_from", "resume"] if (out / "ckpt.pt").exists() else []
@@ -375,8 +378,7 @@ def test_killed_at_random_moments_a_run_resumes_to_the_unbroken_result(corpus, t
         proc.wait()
         kills += 1
         assert load_checkpoint(out / "ckpt.pt")["step"] < steps  # loads after every kill
-    train.main(["--data_dir", str(corpus / "small"), "--out_dir", str(out), *TINY, *flags,
-                "--init_from", "resume"])  # the last resume here: no new process needed
+    train.main(small_run(corpus, out, *flags, "--init_from", "resume"))  # here: no new process
     unbroken, resumed = (load_checkpoint(tmp_path / d / "ckpt.pt") for d in ("unbroken", "killed"))
     assert all(torch.equal(unbroken["model"][k], resumed["model"][k]) for k in unbroken["model"])
     assert [r["loss"] for r in log(tmp_path / "unbroken")] == [r["loss"] for r in log(out)]
