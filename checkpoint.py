@@ -44,10 +44,11 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be used or written; the message says why and what to do."""
 
 
-def objective_for(kind, mask_prob=MLM.mask_prob, eot_id=EOT_ID):
+def objective_for(kind, mask_prob=MLM.mask_prob, eot_id=EOT_ID, edges=None):
     """GPT learns by next-token prediction (clm.py), BERT by masked LM (mlm.py), whose masking
-    needs to know the tokenizer's <|endoftext|> id (eot_id)."""
-    return CLM() if kind == "gpt" else MLM(mask_prob, eot_id)
+    needs to know the tokenizer's <|endoftext|> id (eot_id), and where its words begin to hide
+    whole words (edges: mlm.word_edges; None hides tokens)."""
+    return CLM() if kind == "gpt" else MLM(mask_prob, eot_id, edges)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,9 @@ How tokens are chosen and hidden (`mask_tokens`)
      nothing to learn there. Like BERT's original data code (create_pretraining_data.py), we take
      exactly round(share x eligible positions) per sequence, at least one, so a batch never has
      nothing to predict, and the sparse head (model.BERT) sees about the same count every step.
+     Or whole words (train.py --mask_unit words; Google's whole-word-masking BERT, 2019): BPE
+     splits a rare word into pieces, and a piece hidden next to the others is easy to guess. It
+     did not help here (README, "A BERT that learns").
   2. Of the chosen positions, 80% become [MASK], 10% become a random ordinary token, 10% stay as
      they are. Why not 100% [MASK]? [MASK] never appears when the model is later fine-tuned or
      used, so a model that only learned "predict at [MASK]" would be trained on inputs unlike the
@@ -44,21 +47,52 @@ EVAL_MASK_PROB = 0.15  # evaluation always hides 15%, whatever the training rate
 EVAL_MASK_SEED = 1234  # ...and the same tokens at every evaluation
 
 
+def word_edges(enc):
+    """Two booleans per ordinary id of the tokenizer enc: (its first byte, its last byte) is part
+    of a word: a letter, a digit or a byte of a character beyond ASCII. BPE splits a rare word
+    into pieces (" Comm" + "ons"); a piece goes on the word before it when both sides touch."""
+    def in_word(byte):  # (a bytes of length 1)
+        return byte.isalnum() or byte >= b"\x80"
+
+    pieces = [enc.decode_single_token_bytes(t) for t in range(enc.eot_token)]
+    return (torch.tensor([in_word(p[:1]) for p in pieces]),  # (V,): " Comm" no, "ons" yes
+            torch.tensor([in_word(p[-1:]) for p in pieces]))  # (V,): both yes
+
+
+def word_starts(idx, eligible, edges):
+    """(B, T) booleans: where a word begins. A token goes on the one before it when its first
+    byte and that token's last byte are both part of a word ("ons" after " Comm"); special ids
+    and padding stand alone."""
+    starts_in_word, ends_in_word = edges
+    ordinary = idx.clamp(max=len(starts_in_word) - 1)  # (specials are looked up, then ignored)
+    joins = starts_in_word[ordinary[:, 1:]] & ends_in_word[ordinary[:, :-1]]  # (B, T - 1)
+    joins &= eligible[:, 1:] & eligible[:, :-1]
+    return torch.cat([torch.ones_like(joins[:, :1]), ~joins], dim=1)
+
+
 def mask_tokens(idx, generator=None, mask_prob=0.15, mask_frac=0.8, random_frac=0.1,
-                eot_id=EOT_ID):
+                eot_id=EOT_ID, edges=None):
     """BERT's corruption of a batch. idx (B, T) int64 on the CPU (where `generator` draws).
 
     Returns (inputs, targets), both (B, T): inputs with the chosen positions replaced (80% [MASK],
     10% random, 10% kept), targets holding the original id at chosen positions and IGNORE
     elsewhere. idx itself is not modified; the same generator state gives the same result.
-    eot_id: <|endoftext|>; the ids below it are the ordinary tokens, [MASK] is eot_id + 1."""
+    eot_id: <|endoftext|>; the ids below it are the ordinary tokens, [MASK] is eot_id + 1.
+    edges: None to choose tokens; word_edges(enc) to choose whole words (`word_starts`)."""
     eligible = idx < eot_id  # ordinary tokens only (GPT-2's: ids 0..50255)
     # Exactly k positions per row: give every eligible position a random score, take the k lowest.
     k = (eligible.sum(dim=1) * mask_prob).round().clamp(min=1)  # (B,)
     scores = torch.rand(idx.shape, generator=generator)
+    if edges is not None:  # whole words: every token takes the score of its word's first token
+        starts = word_starts(idx, eligible, edges)
+        first = torch.where(starts, torch.arange(idx.size(1)), 0).cummax(dim=1).values  # (B, T)
+        scores = scores.gather(1, first)
     scores = scores.masked_fill(~eligible, 2.0)  # ineligible positions rank last
-    rank = scores.argsort(dim=1).argsort(dim=1)  # (B, T): 0 for the lowest score in its row, ...
+    # (B, T): 0 for the lowest score in its row, ...; a word's tokens tie, and keep their order
+    rank = scores.argsort(dim=1, stable=True).argsort(dim=1)
     chosen = (rank < k[:, None]) & eligible
+    if edges is not None:  # the word the k-th token falls in is taken whole: as its first token
+        chosen = chosen.gather(1, first)
 
     targets = idx.masked_fill(~chosen, IGNORE)
     inputs = idx.clone()
@@ -88,6 +122,7 @@ class MLM:
 
     mask_prob: float = 0.3  # share of the ordinary tokens chosen in training (as train.py's)
     eot_id: int = EOT_ID  # the tokenizer's <|endoftext|>: the ordinary tokens are the ids below
+    edges: tuple = None  # word_edges(enc): hide whole words in training (evaluation: tokens)
     Model = BERT  # the model this objective trains (a class attribute, not a field)
     causal = False  # it reads both ways: it fills in [MASK]s instead (sample.py's fill-mask)
     # What a BERT run starts from unless a flag says otherwise (README, "A BERT that learns"):
@@ -108,7 +143,7 @@ class MLM:
         return self.mask_prob  # the sparse head scores only the chosen positions
 
     def train_batch(self, tokens, generator):
-        return mask_tokens(tokens, generator, self.mask_prob, eot_id=self.eot_id)
+        return mask_tokens(tokens, generator, self.mask_prob, eot_id=self.eot_id, edges=self.edges)
 
     def eval_batch(self, tokens, starts):
         """Each block's masks seeded by where it starts in the split: the same hidden tokens at

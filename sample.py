@@ -53,6 +53,7 @@ import export
 import runtime
 from checkpoint import GPT2_PATH, checkpoint_path, load_checkpoint, load_gpt2, load_model
 from checkpoint import objective_for
+from mlm import word_edges
 from model import MASK_ID
 
 
@@ -141,13 +142,11 @@ def fill_mask(model, ids, enc, top_k=5, max_pieces=3):
     anew (after "United", " s" may come but not "s"), and its later tokens carry it on ("ons").
     The answers of all the questions are ranked together, though each question's add up to one."""
     mask_id = enc.eot_token + 1
-    pieces = [enc.decode_single_token_bytes(t) for t in range(enc.eot_token)]
-    joins = torch.tensor([word_byte(p[:1]) for p in pieces])  # "ons": goes on the token before
-    open_end = torch.tensor([word_byte(p[-1:]) for p in pieces])  # " Comm": a token can follow
+    joins, open_end = word_edges(enc)  # "ons" goes on the token before; " Comm" can go on
     found = []
     for where in [i for i, t in enumerate(ids) if t == mask_id]:
-        before = pieces[ids[where - 1]] if 0 < where and ids[where - 1] < len(pieces) else b" "
-        starts = ~joins if word_byte(before[-1:]) else torch.ones_like(joins)
+        after_word = 0 < where and ids[where - 1] < enc.eot_token and open_end[ids[where - 1]]
+        starts = ~joins if after_word else torch.ones_like(joins)
         words = {}
         for n in range(1, max_pieces + 1):
             if len(ids) + n - 1 > model.config.block_size:
@@ -159,12 +158,6 @@ def fill_mask(model, ids, enc, top_k=5, max_pieces=3):
                     words[word] = p
         found.append(sorted(words.items(), key=lambda w: -w[1])[:top_k])
     return found
-
-
-def word_byte(b):
-    """Whether a byte (b, a bytes of length 1) is part of a word: a letter, a digit or a byte of
-    a character beyond ASCII."""
-    return b.isalnum() or b >= b"\x80"
 
 
 def spell(model, ids, where, n, first, then, beam):

@@ -55,6 +55,7 @@ from checkpoint import GPT2_PATH, CheckpointError, checkpoint_path, fit_vocabula
 from checkpoint import load_checkpoint, load_gpt2, load_model
 from checkpoint import gather_rng, lock, objective_for, save_checkpoint, set_rng_state
 from model import ModelConfig, check, check_choices, flops_per_token, param_groups
+from mlm import word_edges
 from model import setting
 from runtime import say
 
@@ -86,6 +87,8 @@ class TrainConfig:
     grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: no clipping)")
     mask_prob: float = setting(0.3, "BERT: share of tokens chosen for prediction (BERT's "
                                "paper: 0.15; README, \"A BERT that learns\")")
+    mask_unit: Literal["tokens", "words"] = setting(
+        "tokens", "BERT: hide tokens, or whole words (every piece of a word BPE splits)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
         "auto", "auto: bfloat16 where fast (recent GPUs, some CPUs), else float16 on GPUs, "
         "float32 on CPUs")
@@ -181,7 +184,10 @@ def train(mcfg, cfg, checkpoint, device, dtype, given):
     mcfg, eot_id = fit_vocabulary(mcfg, cfg, checkpoint, given)
     splits = {split: data.open_split(cfg.data_dir, split) for split in ("train", "val")}
     torch.manual_seed(cfg.seed)  # the same initial weights in every process...
-    objective = objective_for(cfg.model, cfg.mask_prob, eot_id)
+    edges = None  # where words begin, for a BERT that hides whole words
+    if cfg.mask_unit == "words":
+        edges = word_edges(data.tokenizer(data.read_vocab(cfg.data_dir)))
+    objective = objective_for(cfg.model, cfg.mask_prob, eot_id, edges)
     if checkpoint is not None and "model" not in checkpoint and not cfg.fsdp:
         checkpoint = load_checkpoint(checkpoint["sharded"])  # a sharded run's slices, made whole
     if checkpoint is not None and "model" in checkpoint:

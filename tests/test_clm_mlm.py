@@ -2,13 +2,15 @@
 against statistics over many samples."""
 
 import math
+import random
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from clm import clm_loss, next_token_targets
-from mlm import mask_tokens, mlm_loss
+import bpe
+from mlm import mask_tokens, mlm_loss, word_edges, word_starts
 from model import EOT_ID, MASK_ID
 
 
@@ -115,6 +117,64 @@ def test_every_row_gets_at_least_one_prediction():
     idx = torch.randint(0, EOT_ID, (500, 4))  # 15% of 4 rounds to 1: never 0
     _, labels = mask_tokens(idx, torch.Generator().manual_seed(4))
     assert ((labels != -100).sum(dim=1) == 1).all()
+
+
+WORDS = ("the house of commons met in hong kong , and the 19th century saw a café ( 1998 ) "
+         "where seven quiet wizards jumped over lazy dogs").split()
+
+
+@pytest.fixture(scope="module")
+def words():
+    """A tokenizer of 300 ids, too few to hold most words whole, and 40,000 words drawn from WORDS
+    with <|endoftext|> between documents: (the text's ids, the pieces of each word, the tokenizer).
+    The pieces come from encoding each word on its own, as BPE's pattern splits the text."""
+    enc = bpe.encoding(bpe.train(bpe.count_chunks([" ".join(WORDS)]), 300))
+    rng = random.Random(0)
+    ids, lengths = [], []
+    for i in range(40_000):
+        if i % 500 == 0:
+            ids.append(enc.eot_token)
+            lengths.append(0)
+        word = enc.encode_ordinary(" " + rng.choice(WORDS))
+        ids += word
+        lengths.append(len(word))
+    return torch.tensor(ids), lengths, enc
+
+
+def test_a_word_begins_at_its_first_piece_and_nowhere_else(words):
+    ids, lengths, enc = words
+    assert max(lengths) >= 3 and sum(lengths) > 1.5 * len(lengths)  # most words are in pieces
+    expected = []
+    for n in lengths:  # <|endoftext|> (0 pieces) stands alone: True, like a word's first piece
+        expected += [True] + [False] * (n - 1) if n else [True]
+    starts = word_starts(ids[None], ids[None] < enc.eot_token, word_edges(enc))[0]
+    assert starts.tolist() == expected[:len(ids)]
+
+
+def test_whole_word_masking_hides_every_piece_of_a_chosen_word_and_picks_words_evenly(words):
+    ids, lengths, enc = words
+    T = 128
+    rows = ids[: len(ids) // T * T].view(-1, T)  # (B, 128): words cut at row ends start anew
+    edges = word_edges(enc)
+    _, labels = mask_tokens(rows, torch.Generator().manual_seed(5), 0.3, eot_id=enc.eot_token,
+                            edges=edges)
+    chosen = (labels != -100).flatten()
+    starts = word_starts(rows, rows < enc.eot_token, edges).flatten()
+    word = starts.cumsum(0) - 1  # (B·T,): which word each token belongs to
+    size = torch.bincount(word)
+    hidden = torch.bincount(word, weights=chosen.double())
+    assert ((hidden == 0) | (hidden == size)).all()  # all of a word's pieces, or none
+    eligible = (rows < enc.eot_token).sum(1)
+    per_row = (labels != -100).sum(1)
+    assert (per_row >= (0.3 * eligible).round()).all()  # at least the share of tokens...
+    assert (per_row < (0.3 * eligible).round() + max(lengths)).all()  # ...and one word more
+    # A word is chosen as a whole, so a word of three pieces is as likely to be hidden as a word
+    # of one (hiding tokens, a three-piece word would lose some piece 1 - 0.7³ = 66% of the time)
+    first = starts & (rows.flatten() < enc.eot_token)
+    rate = {n: (hidden[word[first]] > 0)[size[word[first]] == n].double().mean().item()
+            for n in (1, 3)}
+    assert rate[1] == pytest.approx(rate[3], abs=0.03)
+    assert 0.25 < rate[1] < 0.35  # words drawn evenly: 30% of the words hold 30% of the tokens
 
 
 def test_sparse_mlm_loss_equals_dense_mlm_loss():
