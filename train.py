@@ -456,6 +456,10 @@ def check_settings(cfg, given):
     if cfg.fsdp and "RANK" not in os.environ:
         raise runtime.ConfigError("--fsdp shards the model across the processes that torchrun "
                                   "starts: run train.py under torchrun (README, Sharding)")
+    for name in sorted(given.keys() & {"mask_prob", "mask_unit"}):  # a GPT would ignore them
+        if cfg.model == "gpt":
+            raise runtime.ConfigError(f"--{name} sets what a BERT hides; a GPT hides nothing: "
+                                      f"add --model bert, or leave --{name} out")
     architecture = {"vocab_size", "n_layer", "n_head", "n_embd", "bias"}
     if cfg.init_from == "gpt2" and (cfg.model != "gpt" or given.keys() & architecture):
         raise runtime.ConfigError("--init_from gpt2 takes its architecture from GPT-2's weights: "
