@@ -54,8 +54,8 @@ from adamw import AdamW
 from checkpoint import GPT2_PATH, CheckpointError, checkpoint_path, fit_vocabulary
 from checkpoint import load_checkpoint, load_gpt2, load_model
 from checkpoint import gather_rng, lock, objective_for, save_checkpoint, set_rng_state
-from model import ModelConfig, check, check_choices, flops_per_token, param_groups
 from mlm import word_edges
+from model import ModelConfig, check, check_choices, flops_per_token, param_groups
 from model import setting
 from runtime import say
 
