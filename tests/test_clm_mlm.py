@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clm import clm_loss, next_token_targets
 import bpe
+from clm import clm_loss, next_token_targets
 from mlm import mask_tokens, mlm_loss, word_edges, word_starts
 from model import EOT_ID, MASK_ID
 
