@@ -5,7 +5,8 @@ come from this script.
 Rows, each measured in a fresh process so that its peak memory is its own:
   * a model step (forward, backward, AdamW) of GPT and BERT, at the default size and at
     GPT-2-124M size, with the fused attention kernel (SDPA) and with explicit attention, and for
-    BERT with the sparse MLM head (only the chosen positions are scored) and the dense one;
+    BERT with the sparse MLM head (only the chosen positions are scored) and the dense one; and
+    BERT's default step with Muon (muon.py), its default optimizer, for what Muon costs;
   * one optimizer step alone: the hand-written AdamW (adamw.py) against torch.optim.AdamW;
   * the three matrix products of the default GPT's LM head (the logits, and the gradients of the
     features and of the embedding), against a square product (2,048 x 2,048 by 2,048 x 2,048):
@@ -61,6 +62,7 @@ from adamw import AdamW
 from checkpoint import load_checkpoint, load_model, objective_for
 from mlm import mlm_loss
 from model import EOT_ID, ModelConfig, flops_per_token, param_groups
+from muon import Muon
 
 SIZES = {  # (model config, batch size on a CPU, batch size on a GPU)
     "default": (dict(), 16, 64),  # each model's own: ModelConfig's; mlm.MLM.defaults, 8,192 ids
@@ -72,6 +74,8 @@ ROWS = {  # name: what to measure
     "train gpt default explicit": dict(task="train", model="gpt", size="default", explicit=True),
     "train bert default sparse-head": dict(task="train", model="bert", size="default"),
     "train bert default dense-head": dict(task="train", model="bert", size="default", dense=True),
+    "train bert default sparse-head muon": dict(task="train", model="bert", size="default",
+                                                muon=True),
     "train gpt gpt2-124M sdpa": dict(task="train", model="gpt", size="gpt2-124M"),
     "train gpt gpt2-124M explicit": dict(task="train", model="gpt", size="gpt2-124M",
                                          explicit=True),
@@ -217,10 +221,11 @@ def build(row, device):
 
 
 def bench_train(row, device, dtype):
-    """One model step: forward and loss under autocast, backward, AdamW."""
+    """One model step: forward and loss under autocast, backward, AdamW (or Muon)."""
     model, objective, B = build(row, device)
     T = model.config.block_size
-    optimizer = AdamW(param_groups(model, 0.1), lr=1e-4)
+    muon = row.get("muon", False)
+    optimizer = (Muon if muon else AdamW)(param_groups(model, 0.1, muon=muon), lr=1e-4)
     autocast = runtime.autocast(device, dtype)
     g = torch.Generator().manual_seed(0)
     ordinary = getattr(objective, "eot_id", EOT_ID)  # the ids below <|endoftext|>

@@ -445,19 +445,32 @@ def num_params(model, include_position=True):
     return n - model.transformer.wpe.weight.numel()
 
 
-def param_groups(model, weight_decay):
+def param_groups(model, weight_decay, muon=False):
     """Parameter groups for AdamW: weight decay on every matrix, none on vectors.
 
     Vectors (biases, LayerNorm gains and shifts) set offsets and scales; pulling them toward 0 is
     no regulariser, it only fights the LayerNorm gain's natural value of 1. Matrices, embeddings
     included, are decayed: the token embedding is also the output layer (tied), the largest matmul
     weight of all, and one rule ("2-D or more is decayed") is easy to check. The tied matrix
-    appears once."""
+    appears once.
+
+    muon=True: the weights of the Linear layers, decayed too, go into a third group marked "muon",
+    for Muon (muon.py). Muon is for maps from one hidden vector to another; the token embedding is
+    a table of rows, and as GPT's output layer it scores ids: it stays with AdamW (Jordan et al.
+    2024 keep embeddings and the output layer on AdamW)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+    embedding = model.transformer.wte.weight
+    linear = {id(m.weight) for m in model.modules()
+              if muon and isinstance(m, nn.Linear) and m.weight is not embedding}
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2 and id(p) not in linear],
+         "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
+    if muon:
+        groups.append({"params": [p for p in params if id(p) in linear],
+                       "weight_decay": weight_decay, "muon": True})
+    return groups
 
 
 def flops_per_token(model, seq_len, head_fraction=1.0):

@@ -36,7 +36,7 @@ def print_start(run, splits, cfg, device, dtype, world):
         f"{str(dtype).removeprefix('torch.')}\n"
         f"data: {cfg.data_dir}: {len(splits['train']):,} train and {len(splits['val']):,} val "
         f"tokens\ntokens per step: {B} sequences x {T} tokens x {accum} micro-steps x {world} "
-        f"processes = {B * T * accum * world:,}")
+        f"processes = {B * T * accum * world:,}; optimizer: {cfg.optimizer}")
 
 
 def print_end(run, cfg, metrics, seconds, checkpoint):

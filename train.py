@@ -8,7 +8,7 @@ One optimizer step, as `loop` runs it:
      up in .grad; with several processes they are averaged across them on the last micro-batch
      only (`train_step`);
   3. unscale the gradients, measure their global norm and clip it;
-  4. the AdamW update (adamw.py), skipped by the scaler if fp16 overflowed;
+  4. the update, by AdamW (adamw.py) or Muon (muon.py), skipped by the scaler if fp16 overflowed;
   5. monitoring: loss, learning rate, gradient norm, tokens/s, MFU, skipped steps; a NaN stops
      the run; evaluation on the validation split; a checkpoint that makes resuming exact.
 The objective (clm.CLM for GPT, mlm.MLM for BERT) makes the batches and the loss; the loop is the
@@ -57,6 +57,7 @@ from checkpoint import gather_rng, lock, objective_for, save_checkpoint, set_rng
 from mlm import word_edges
 from model import ModelConfig, check, check_choices, flops_per_token, param_groups
 from model import setting
+from muon import Muon
 from runtime import say
 
 
@@ -85,6 +86,9 @@ class TrainConfig:
     beta2: float = setting(0.95, "AdamW: averaging of squared gradients (GPT-3: 0.95)")
     eps: float = setting(1e-8, "AdamW: keeps the division finite")
     grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: no clipping)")
+    optimizer: Literal["adamw", "muon"] = setting(
+        "adamw", "adamw: AdamW for every weight; muon: Muon for the Linear layers' weights, AdamW "
+        "for the rest (muon.py)")
     mask_prob: float = setting(0.3, "BERT: share of tokens chosen for prediction (BERT's "
                                "paper: 0.15; README, \"A BERT that learns\")")
     mask_unit: Literal["tokens", "words"] = setting(
@@ -128,7 +132,7 @@ MODEL_FIELDS, TRAIN_FIELDS = ModelConfig.__dataclass_fields__, TrainConfig.__dat
 class Run:
     """What a training run holds. save_run writes it to the checkpoint; a resume restores it."""
     model: torch.nn.Module  # what is trained: the model, maybe inside DDP and torch.compile
-    optimizer: AdamW
+    optimizer: AdamW | Muon
     scaler: torch.amp.GradScaler  # fp16's loss scale (disabled for other dtypes)
     objective: object  # clm.CLM or mlm.MLM: batches, loss, evaluation
     generator: torch.Generator  # this process's training batches (and BERT's masks)
@@ -199,8 +203,9 @@ def train(mcfg, cfg, checkpoint, device, dtype, given):
     raw.to(device)
     if cfg.fsdp:
         shard.wrap(raw, device, dtype)  # its parameters are now slices: the optimizer comes after
-    optimizer = AdamW(param_groups(raw, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                      eps=cfg.eps)
+    groups = param_groups(raw, cfg.weight_decay, muon=cfg.optimizer == "muon")
+    Optimizer = Muon if cfg.optimizer == "muon" else AdamW
+    optimizer = Optimizer(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     # Loss scaling (fp16 only): fp16 flushes gradients below ~6e-8 to zero. Multiplying the loss
     # by a large factor S lifts them into range; unscale_ divides by S before the update.
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -414,15 +419,18 @@ def restore_run(run, checkpoint, cfg):
 def resume_configs(checkpoint, given, out_dir):
     """The configs of a resumed run: the checkpoint's, with the flags given on top (and checked
     only then: --max_steps 20 is fine for a run that warms up for 10 steps). A model flag that
-    would change the trained model is refused, with every difference listed."""
+    would change the trained model is refused, with every difference listed; so is another
+    --optimizer, whose saved state would not fit."""
     saved_model, saved_train = checkpoint["model_config"], checkpoint["train_config"]
     switches = ("explicit_attention", "grad_checkpointing")  # how to compute, not what: free
     diffs = [f"--{k} {given[k]} (checkpoint: {v})" for k, v in saved_model.items()
              if k in given and k not in switches and given[k] != v]
-    if given.get("model", saved_train["model"]) != saved_train["model"]:
-        diffs.append(f"--model {given['model']} (checkpoint: {saved_train['model']})")
+    for key, saved in (("model", saved_train["model"]),
+                       ("optimizer", saved_train.get("optimizer", "adamw"))):  # (older: AdamW)
+        if given.get(key, saved) != saved:
+            diffs.append(f"--{key} {given[key]} (checkpoint: {saved})")
     if diffs:
-        raise CheckpointError(f"cannot resume: the checkpoint's model differs from the flags: "
+        raise CheckpointError(f"cannot resume: the checkpoint's run differs from the flags: "
                               f"{'; '.join(diffs)}")
     session = {"stop_at": 0, "out_dir": out_dir}  # not kept from the last session
     return make_configs({**saved_model, **saved_train, **session, **given})
@@ -453,6 +461,9 @@ def make_configs(settings):
 
 def check_settings(cfg, given):
     """Refuse settings that cannot work together, in one line that names the flags."""
+    if cfg.fsdp and cfg.optimizer == "muon":
+        raise runtime.ConfigError("--fsdp leaves each process a slice of every matrix, and Muon "
+                                  "needs whole ones: add --optimizer adamw")
     if cfg.fsdp and "RANK" not in os.environ:
         raise runtime.ConfigError("--fsdp shards the model across the processes that torchrun "
                                   "starts: run train.py under torchrun (README, Sharding)")

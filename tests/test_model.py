@@ -250,6 +250,24 @@ def test_every_trainable_parameter_is_in_exactly_one_group(cls):
     )
 
 
+@pytest.mark.parametrize("cls", [GPT, BERT])
+def test_muon_gets_the_linear_layers_weights_and_adamw_keeps_the_embedding(cls):
+    m = cls(tiny())
+    groups = model.param_groups(m, weight_decay=0.1, muon=True)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in m.parameters()}
+    muon = [g for g in groups if g.get("muon")]
+    assert len(muon) == 1 and muon[0]["weight_decay"] == 0.1
+    # by name, independently of how param_groups finds them: c_attn, c_proj (attention and MLP),
+    # c_fc in every block, and BERT's head_dense; never wte, which GPT's lm_head shares
+    names = {n for n, p in m.named_parameters() if id(p) in {id(q) for q in muon[0]["params"]}}
+    expected = {f"transformer.h.{i}.{layer}.weight" for i in range(len(m.transformer.h))
+                for layer in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+    assert names == expected | ({"head_dense.weight"} if cls is BERT else set())
+    others = [p for g in groups if not g.get("muon") for p in g["params"]]
+    assert any(p is m.transformer.wte.weight for p in others)
+
+
 def test_flops_per_token_follows_palm_counted_by_hand():
     cfg = tiny(vocab_size=1000, block_size=24, n_layer=3, n_embd=48, n_head=4)
     V, L, C, T = 1000, 3, 48, 24

@@ -98,6 +98,7 @@ NEEDS_NO_DATA = [  # (flags, what the message must say)
     (["--mask_prob", "2"], "--mask_prob 2.0: must be between 0 and 1"),
     (["--mask_prob", "0.4"], "--mask_prob sets what a BERT hides; a GPT hides nothing: add --model"),
     (["--mask_unit", "words"], "--mask_unit sets what a BERT hides; a GPT hides nothing: add"),
+    (["--model", "bert", "--fsdp"], "--fsdp leaves each process a slice of every matrix, and Muon"),
     (["--eval_iters", "-1"], "--eval_iters -1: must not be negative"),
     (["--batch_size", "0"], "--batch_size 0: must be at least 1"),
     (["--grad_accum_steps", "-2"], "--grad_accum_steps -2: must be at least 1"),

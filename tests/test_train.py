@@ -18,9 +18,10 @@ import data
 import runtime
 import train
 from adamw import AdamW
-from checkpoint import CheckpointError, load_checkpoint
+from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from clm import CLM, clm_loss
 from model import GPT, ModelConfig, param_groups
+from muon import Muon, orthogonalize
 
 REPO = Path(__file__).parents[1]
 TINY = [
@@ -103,10 +104,14 @@ def test_hand_adamw_matches_torch_adamw_with_two_groups():
     assert apart < 1e-6  # ...together
 
 
-def test_adamw_state_dict_round_trip_continues_identically():
+@pytest.mark.parametrize("Optimizer", [AdamW, Muon])
+def test_optimizer_state_dict_round_trip_continues_identically(Optimizer):
+    def groups(params):  # for Muon the matrices are its own (model.param_groups(muon=True))
+        return [{"params": params[:2], "weight_decay": 0.1, "muon": Optimizer is Muon},
+                {"params": params[2:], "weight_decay": 0.0}]
+
     params = [torch.nn.Parameter(p.detach().clone()) for p in sum(two_groups(), [])]
-    opt = AdamW([{"params": params[:2], "weight_decay": 0.1},
-                 {"params": params[2:], "weight_decay": 0.0}], lr=1e-2)
+    opt = Optimizer(groups(params), lr=1e-2)
     for step in range(10):
         feed_gradients(params, step)
         opt.step()
@@ -115,14 +120,59 @@ def test_adamw_state_dict_round_trip_continues_identically():
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
     copies = [torch.nn.Parameter(p.clone()) for p in saved["params"]]
-    restored = AdamW([{"params": copies[:2], "weight_decay": 0.1},
-                      {"params": copies[2:], "weight_decay": 0.0}], lr=1e-2)
+    restored = Optimizer(groups(copies), lr=1e-2)
     restored.load_state_dict(saved["opt"])
     for step in range(10, 20):
         for o, ps in ((opt, params), (restored, copies)):
             feed_gradients(ps, step)
             o.step()
     assert all(torch.equal(p, q) for p, q in zip(params, copies))
+
+
+# Muon: Newton-Schulz against an SVD, the update against torch.optim.Muon
+
+@pytest.mark.parametrize("tall", [False, True])
+def test_newton_schulz_keeps_the_singular_vectors_and_moves_each_value_by_the_polynomial(tall):
+    g = torch.Generator().manual_seed(0)
+    rows = torch.logspace(-1, 0, 6, dtype=torch.float64)[:, None]  # far from orthogonal
+    m = rows * torch.randn(6, 20, generator=g, dtype=torch.float64)  # (6, 20)
+    m = m.T if tall else m
+    u, s, vh = torch.linalg.svd(m, full_matrices=False)
+    assert s.max() / s.min() > 5
+    s = s / s.square().sum().sqrt()  # divided by the Frobenius norm
+    for _ in range(5):  # Jordan et al.'s quintic, on each singular value
+        s = 3.4445 * s - 4.7750 * s**3 + 2.0315 * s**5
+    o = orthogonalize(m)
+    assert torch.allclose(o, u @ torch.diag(s) @ vh, atol=1e-6)
+    assert (torch.linalg.svdvals(o) - 1).abs().max() < 0.5  # about orthogonal
+
+
+def test_hand_muon_matches_torch_muon_and_adamw():
+    ours_m, ours_v = two_groups()
+    ref_m, ref_v = two_groups()
+    ours = Muon([{"params": ours_m, "weight_decay": 0.1, "muon": True},
+                 {"params": ours_v, "weight_decay": 0.0}], lr=1e-2, betas=(0.9, 0.95))
+    # torch's "match_rms_adamw" steps at RMS 0.2 * lr and decays by lr * weight_decay: twice the
+    # lr and half the decay give our UPDATE_RMS = 0.4 and the same decay
+    ref = [torch.optim.Muon(ref_m, lr=2e-2, weight_decay=0.05, adjust_lr_fn="match_rms_adamw"),
+           torch.optim.AdamW(ref_v, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.0)]
+    for step in range(30):
+        lr = 1e-2 * (1 + math.cos(step / 10))  # a schedule
+        feed_gradients(ours_m + ours_v, step)
+        for group in ours.param_groups:
+            group["lr"] = lr
+        ours.step()
+        feed_gradients(ref_m + ref_v, step)
+        ref[0].param_groups[0]["lr"], ref[1].param_groups[0]["lr"] = 2 * lr, lr
+        for opt in ref:
+            opt.step()
+    initial = sum(two_groups(), [])
+    moved = max((p - q).abs().max().item() for p, q in zip(ref_m + ref_v, initial))
+    apart = [(p - q).abs().max().item() for p, q in zip(ours_m + ours_v, ref_m + ref_v)]
+    assert moved > 0.1
+    assert max(apart[2:]) < 1e-6  # the vectors: AdamW's
+    # the matrices: torch orthogonalizes in bfloat16 (3 significant digits), we in float32
+    assert max(apart[:2]) < 0.02 * moved
 
 
 # 2. The schedule --------------------------------------------------------------------------------
@@ -317,10 +367,21 @@ def test_bfloat16_autocast_trains_on_cpu(corpus, tmp_path):
 
 # 6. Bad checkpoints, bad resumes, divergence ----------------------------------------------------
 
-def test_resume_with_another_architecture_lists_the_difference(corpus, tmp_path):
-    run(corpus, tmp_path, "--max_steps", "2")
-    with pytest.raises(CheckpointError, match=r"--n_layer 3 \(checkpoint: 2\)"):
+def test_resume_with_another_architecture_or_optimizer_lists_each_difference(corpus, tmp_path):
+    run(corpus, tmp_path, "--max_steps", "2")  # a GPT: AdamW
+    with pytest.raises(CheckpointError, match=r"--n_layer 3 \(checkpoint: 2\)$"):
         run(corpus, tmp_path, "--init_from", "resume", "--n_layer", "3", "--max_steps", "4")
+    with pytest.raises(CheckpointError, match=r"--n_layer 3 \(checkpoint: 2\); --optimizer muon "
+                                              r"\(checkpoint: adamw\)$"):
+        run(corpus, tmp_path, "--init_from", "resume", "--n_layer", "3", "--optimizer", "muon")
+    # a checkpoint from before --optimizer existed was trained with AdamW, and resumes with it
+    saved = load_checkpoint(tmp_path / "ckpt.pt")
+    del saved["train_config"]["optimizer"]
+    save_checkpoint(tmp_path / "ckpt.pt", saved)
+    with pytest.raises(CheckpointError, match=r"--optimizer muon \(checkpoint: adamw\)$"):
+        run(corpus, tmp_path, "--init_from", "resume", "--optimizer", "muon")
+    run(corpus, tmp_path, "--init_from", "resume", "--max_steps", "3")
+    assert load_checkpoint(tmp_path / "ckpt.pt")["train_config"]["optimizer"] == "adamw"
 
 
 def test_resume_flags_are_checked_against_the_checkpoints_settings_not_the_defaults(
