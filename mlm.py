@@ -132,8 +132,8 @@ class MLM:
     # a folder of its own. Most of a step is the head, whose work grows with the width and with
     # the number of ids: at 128 wide and 8,192 ids, 5,000 AdamW steps (3.8 epochs) fit in the GPT
     # run's time. Muon (muon.py) for the Linear layers' weights learns more per step, each step
-    # taking a sixth longer: 4,200 steps. Two evaluations to the GPT's three. (The masking rate, a
-    # BERT-only flag, has its own default: train.py's mask_prob.)
+    # taking a sixth to a quarter longer: 4,200 steps. Two evaluations to the GPT's three. (The
+    # masking rate, a BERT-only flag, has its own default: train.py's mask_prob.)
     defaults = {"position": "rope", "embedding_layernorm": True, "n_embd": 128, "lr": 3e-3,
                 "min_lr": 3e-4, "warmup_steps": 100, "optimizer": "muon", "max_steps": 4200,
                 "eval_interval": 2100, "data_dir": "data/wikitext-2-bpe8k", "tokenizer_size": 8192}
