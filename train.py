@@ -425,8 +425,10 @@ def resume_configs(checkpoint, given, out_dir):
     switches = ("explicit_attention", "grad_checkpointing")  # how to compute, not what: free
     diffs = [f"--{k} {given[k]} (checkpoint: {v})" for k, v in saved_model.items()
              if k in given and k not in switches and given[k] != v]
+    # (a checkpoint from before --optimizer gets TrainConfig's default, AdamW, as make_configs does)
     for key, saved in (("model", saved_train["model"]),
-                       ("optimizer", saved_train.get("optimizer", "adamw"))):  # (older: AdamW)
+                       ("optimizer", saved_train.get("optimizer",
+                                                     TRAIN_FIELDS["optimizer"].default))):
         if given.get(key, saved) != saved:
             diffs.append(f"--{key} {given[key]} (checkpoint: {saved})")
     if diffs:
