@@ -84,10 +84,9 @@ class Muon:
                 w.add_(direction, alpha=-lr * UPDATE_RMS * math.sqrt(max(w.shape)))
 
     def zero_grad(self):
-        self.adamw.zero_grad()
-        for group in self.matrices:
-            for w in group["params"]:
-                w.grad = None
+        for group in self.param_groups:  # AdamW's groups and the matrices
+            for p in group["params"]:
+                p.grad = None
 
     def state_dict(self):
         """AdamW's state, and each matrix's momentum named by its position in the groups."""
