@@ -440,18 +440,12 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(corpus, tmp
 # 7. The command line, end to end ----------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["gpt", "bert"])
-def test_a_short_run_from_the_command_line(corpus, tmp_path, kind):
-    result = subprocess.run(
-        [
-            sys.executable, "train.py", "--data_dir", corpus, "--out_dir", str(tmp_path), *TINY,
-            "--model", kind, "--max_steps", "30", "--eval_interval", "15",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr
-    assert f"checkpoint: {tmp_path / 'ckpt.pt'}" in result.stderr + result.stdout
+def test_a_short_run_monitors_every_step_and_learns(corpus, tmp_path, kind, capsys):
+    # what `python train.py` runs, in this process (train.py as its own process: test_reliability)
+    runtime.run_program(train.main, ["--data_dir", corpus, "--out_dir", str(tmp_path), *TINY,
+                                     "--model", kind, "--max_steps", "30", "--eval_interval", "15"])
+    printed = capsys.readouterr()
+    assert f"checkpoint: {tmp_path / 'ckpt.pt'}" in printed.err + printed.out
     records = log(tmp_path)
     assert len(records) == 30
     min_lr = {"gpt": 2e-4, "bert": 3e-4}[kind]  # TrainConfig's default; BERT's (mlm.MLM.defaults)
