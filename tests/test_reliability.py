@@ -96,7 +96,7 @@ NEEDS_NO_DATA = [  # (flags, what the message must say)
     (["--warmup_steps", "700"], "--warmup_steps 700: must not exceed --max_steps 600"),
     (["--mask_prob", "0"], "--mask_prob 0.0: must be between 0 and 1"),
     (["--mask_prob", "2"], "--mask_prob 2.0: must be between 0 and 1"),
-    (["--mask_prob", "0.4"], "--mask_prob sets what a BERT hides; a GPT hides nothing: add --model"),
+    (["--mask_prob", "0.4"], "a GPT hides nothing: add --model bert, or leave --mask_prob out"),
     (["--mask_unit", "words"], "--mask_unit sets what a BERT hides; a GPT hides nothing: add"),
     (["--model", "bert", "--fsdp"], "--fsdp leaves each process a slice of every matrix, and Muon"),
     (["--eval_iters", "-1"], "--eval_iters -1: must not be negative"),
