@@ -203,9 +203,9 @@ def train(mcfg, cfg, checkpoint, device, dtype, given):
     raw.to(device)
     if cfg.fsdp:
         shard.wrap(raw, device, dtype)  # its parameters are now slices: the optimizer comes after
-    groups = param_groups(raw, cfg.weight_decay, muon=cfg.optimizer == "muon")
-    Optimizer = Muon if cfg.optimizer == "muon" else AdamW
-    optimizer = Optimizer(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    muon = cfg.optimizer == "muon"
+    optimizer = (Muon if muon else AdamW)(param_groups(raw, cfg.weight_decay, muon=muon),
+                                          lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     # Loss scaling (fp16 only): fp16 flushes gradients below ~6e-8 to zero. Multiplying the loss
     # by a large factor S lifts them into range; unscale_ divides by S before the update.
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
