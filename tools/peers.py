@@ -1,20 +1,23 @@
 """
-peers.py: this project's GPT timed against nanoGPT's and Hugging Face's, side by side. Not a lesson
-and not part of the runtime: it needs, in a scratch virtual environment, `transformers` and a
-checkout of nanoGPT (github.com/karpathy/nanoGPT). README's peer table comes from it.
+tools/peers.py: this project's GPT timed against nanoGPT's and Hugging Face's, side by side. Not a
+lesson and not part of the runtime: it needs, in a scratch virtual environment, `transformers`
+and a checkout of nanoGPT (github.com/karpathy/nanoGPT). docs/performance.md says what it found;
+docs/log.md keeps every table it printed.
 
-  python -m venv /tmp/peers && /tmp/peers/bin/pip install torch==2.13.0 numpy transformers
+  python -m venv /tmp/peers && /tmp/peers/bin/pip install torch==2.13.0 numpy tiktoken tqdm \
+      transformers
   git clone https://github.com/karpathy/nanoGPT /tmp/nanoGPT
-  /tmp/peers/bin/python peers.py --nanogpt /tmp/nanoGPT                         (the model step)
-  /tmp/peers/bin/python peers.py --nanogpt /tmp/nanoGPT --e2e data/wikitext-2   (whole programs)
+  /tmp/peers/bin/python tools/peers.py --nanogpt /tmp/nanoGPT                       (the model step)
+  /tmp/peers/bin/python tools/peers.py --nanogpt /tmp/nanoGPT --e2e data/wikitext-2 (whole programs)
 
+Every model is the default GPT's size: 4 layers, 4 heads, 256 wide, block 128, batch 16, float32.
 The model step: forward, loss, backward and torch.optim.AdamW (the same optimizer for all three),
 on the same random batches, in one process, in interleaved rounds (ours, nanoGPT, HF, ours, ...),
 so that a busy moment of the machine slows all of them alike; the median of each round's ratio.
-End to end: `python train.py`, nanoGPT's train.py and the Hugging Face recipe of our source texts
-(GPT2LMHeadModel, torch's AdamW, a linear warmup schedule, clipping), each a process of its own on
-the same prepared train.bin, with the same model, batch and float32; the median step time after
-warm-up, read from each program's own log.
+End to end: `python train.py`, nanoGPT's train.py and a typical Hugging Face training script
+(GPT2LMHeadModel, a DataLoader, torch's AdamW at lr 5e-5, a linear schedule with 100 warmup steps,
+clipping at 1.0), each a process of its own on the same prepared train.bin, with the same model,
+batch and float32; the median step time after warm-up, read from each program's own log.
 """
 
 import argparse
@@ -27,11 +30,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-V, B, T = 50304, 16, 128  # our padded vocabulary, the seed config's batch and block
-MODEL = dict(n_layer=4, n_head=4, n_embd=256)  # the seed config's model
+ROOT = Path(__file__).resolve().parents[1]  # the lessons' folder: model.py, train.py, ...
+sys.path.insert(0, str(ROOT))
+V, B, T = 50304, 16, 128  # our padded vocabulary, the default GPT's batch and block
+MODEL = dict(n_layer=4, n_head=4, n_embd=256)  # the default GPT's size
 
 
 def systems(nanogpt):
@@ -75,7 +81,7 @@ def model_step(args):
     return speeds
 
 
-HF_RECIPE = '''
+HF_SCRIPT = '''
 import json, sys, time
 import numpy as np, torch
 from transformers import GPT2Config, GPT2LMHeadModel, get_linear_schedule_with_warmup
@@ -103,7 +109,7 @@ for step, input_ids in zip(range(steps), loader):
 
 
 def ours(args, out):
-    subprocess.run([sys.executable, "train.py", "--data_dir", args.e2e, "--out_dir", out,
+    subprocess.run([sys.executable, ROOT / "train.py", "--data_dir", args.e2e, "--out_dir", out,
                     "--max_steps", str(args.steps_e2e), "--warmup_steps", "4", "--eval_interval",
                     "100000", "--eval_iters", "1", "--ckpt_interval", "100000", "--device", "cpu",
                     "--dtype", "float32"], check=True, capture_output=True)
@@ -130,9 +136,9 @@ def nanogpt(args, out):
             re.findall(r"iter \d+: loss [\d.]+, time ([\d.]+)ms", run.stdout)]
 
 
-def hf_recipe(dropout):
+def hf_script(dropout):
     def program(args, out):
-        run = subprocess.run([sys.executable, "-c", HF_RECIPE, args.e2e, str(args.steps_e2e),
+        run = subprocess.run([sys.executable, "-c", HF_SCRIPT, args.e2e, str(args.steps_e2e),
                               dropout], check=True, capture_output=True, text=True)
         return [json.loads(line)["seconds"] for line in run.stdout.splitlines()]
     return program
@@ -140,8 +146,8 @@ def hf_recipe(dropout):
 
 def end_to_end(args):
     """{program: [tokens/s of each round]}, each the median step after the first 5 steps."""
-    programs = {"ours": ours, "nanoGPT": nanogpt, "HF recipe, dropout 0.1": hf_recipe("0.1"),
-                "HF recipe, dropout 0.0": hf_recipe("0.0")}  # as written (HF's default), and off
+    programs = {"ours": ours, "nanoGPT": nanogpt, "HF script, dropout 0.1": hf_script("0.1"),
+                "HF script, dropout 0.0": hf_script("0.0")}  # as written (HF's default), and off
     speeds = {name: [] for name in programs}
     for _ in range(args.rounds_e2e):  # interleaved: a busy moment slows every program alike
         for name, program in programs.items():

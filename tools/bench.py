@@ -1,6 +1,7 @@
 """
-bench.py: how fast is each piece, and how much memory does it take? README's performance tables
-come from this script.
+tools/bench.py: how fast is each piece, and how much memory does it take? Not a lesson: a tool
+that measures the lessons. docs/performance.md explains what its rows show; docs/log.md keeps
+every table it printed, with the machine.
 
 Rows, each measured in a fresh process so that its peak memory is its own:
   * a model step (forward, backward, AdamW) of GPT and BERT, at the default size and at
@@ -19,26 +20,25 @@ Rows, each measured in a fresh process so that its peak memory is its own:
     2 and 4 CPU processes (gloo) at GPT-2-124M and -350M sizes: the bytes of parameters,
     gradients and AdamW's moments each process holds after one step, and its peak memory;
   * tokenizers: tokens per character of GPT-2's BPE and of BPEs trained by bpe.py, and the
-    seconds training takes, on English (trained on WikiText-2 train, counted on val) and on
-    Chinese (the project's source texts in ../shared/seeds, not part of the repository);
-  * collocations: how many of 40 common phrases ("the Atlantic [MASK]") the checkpoints of
-    README's default runs (out/ckpt.pt, out-bert/ckpt.pt) know.
+    seconds training takes, on English (trained on WikiText-2 train, counted on val) and, given
+    --chinese DIR, on a folder of Chinese .txt files (trained and counted on all of them, and
+    trained on all but the last and counted on that one).
 Tokens/s counts the tokens that went through the model; MFU (model FLOPs utilisation: achieved
 FLOP/s over the device's peak, PaLM appendix B) only where monitor.PEAK_FLOPS knows the device.
+What a trained model knows is another tool's question: tools/collocations.py.
 
-Run:       python bench.py                        (a few minutes on a 2-core CPU)
-           python bench.py --only clean           (the cleaning rows only)
-           python bench.py --only tokenizer       (the tokenizer rows only)
-           python bench.py --only matmul          (the LM head's matrix products)
-           python bench.py --only collocations    (what out/ and out-bert/ know; README)
-           python bench.py --only shard           (the sharding rows only; some minutes)
-           python bench.py --device cuda --dtype bfloat16
-Read next: README.md, where the measured tables are.
+Run (from the repository's root):
+           python tools/bench.py                        (a few minutes on a 2-core CPU)
+           python tools/bench.py --only clean           (the cleaning rows only)
+           python tools/bench.py --only tokenizer       (the tokenizer rows only)
+           python tools/bench.py --only matmul          (the LM head's matrix products)
+           python tools/bench.py --only shard           (the sharding rows only; some minutes)
+           python tools/bench.py --device cuda --dtype bfloat16
+Read next: docs/performance.md, what the rows show.
 """
 
 import argparse
 import json
-import math
 import resource
 import socket
 import statistics
@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the lessons' folder: model.py, ...
 import bpe
 import clean
 import data
@@ -59,7 +60,7 @@ import runtime
 import sample
 import shard
 from adamw import AdamW
-from checkpoint import load_checkpoint, load_model, objective_for
+from checkpoint import objective_for
 from mlm import mlm_loss
 from model import EOT_ID, ModelConfig, flops_per_token, param_groups
 from muon import Muon
@@ -95,9 +96,6 @@ ROWS = {  # name: what to measure
     "generate gpt2-124M 64 tokens cache": dict(task="generate", size="gpt2-124M", new=64,
                                                cache=True),
     "generate gpt2-124M 64 tokens no-cache": dict(task="generate", size="gpt2-124M", new=64),
-    "collocations bert out-bert": dict(task="collocations", ckpt="out-bert/ckpt.pt",
-                                       fill_mask=True),
-    "collocations gpt out": dict(task="collocations", ckpt="out/ckpt.pt", fill_mask=False),
     "clean 200 MB of generated text": dict(task="clean", megabytes=200),
     "clean WikiText-2 train with planted copies": dict(task="clean", wikitext=True),
     **{f"shard {size} {how} {n}": dict(task="shard", size=size, how=how, processes=n)
@@ -114,76 +112,8 @@ ROWS = {  # name: what to measure
     "tokenizer bpe 2048, Chinese, held-out file": dict(task="tokenizer", corpus="Chinese",
                                                        vocab_size=2048, held_out=True),
 }
-COLLOCATIONS = [  # (a sentence, the word its [MASK] hides), for README's "A BERT that learns":
-    # no sentence is in WikiText-2's train split; each collocation is there, 1 to 783 times
-    ("The fleet crossed the Atlantic [MASK] in the winter of 1942 .", "Ocean"),
-    ("The town lies on the coast of the Indian [MASK] .", "Ocean"),
-    ("He served as Prime [MASK] of Canada for six years .", "Minister"),
-    ("The new law was signed by the President of the United [MASK] .", "States"),
-    ("Most of the fighting took place during the Second World [MASK] .", "War"),
-    ("The regiment was sent to France in the First World [MASK] .", "War"),
-    ("The river flows through the city of New [MASK] before it reaches the sea .", "York"),
-    ("She moved to Los [MASK] to work in films .", "Angeles"),
-    ("The novel was published in the late 18th [MASK] .", "century"),
-    ("The team won the championship for the third [MASK] in a row .", "time"),
-    ("The single peaked at number one on the Billboard Hot [MASK] .", "100"),
-    ("The song reached the top ten of the UK Singles [MASK] .", "Chart"),
-    ("The album received positive [MASK] from music critics .", "reviews"),
-    ("The hurricane made landfall as a tropical [MASK] near the border .", "storm"),
-    ("The storm caused heavy [MASK] and flooding in the region .", "rain"),
-    ("He was awarded the Victoria [MASK] for his bravery .", "Cross"),
-    ("The episode was watched by 8 million [MASK] in its first broadcast .", "viewers"),
-    ("The new stadium was built at a [MASK] of £ 2 million .", "cost"),
-    ("He played college [MASK] for the University of Michigan .", "football"),
-    ("The building is listed on the National Register of Historic [MASK] .", "Places"),
-    ("The ship was sunk by a German [MASK] in 1917 .", "submarine"),
-    ("The battle ended with a decisive [MASK] for the Romans .", "victory"),
-    ("The church was rebuilt after a [MASK] destroyed the roof .", "fire"),
-    ("After the war he returned to his home [MASK] .", "town"),
-    ("The film was directed by Steven [MASK] and released in 1993 .", "Spielberg"),
-    ("The species is found in South [MASK] and Central America .", "America"),
-    ("The game was developed by Nintendo for the Game [MASK] .", "Boy"),
-    ("The album was released by Columbia [MASK] in 1970 .", "Records"),
-    ("The army crossed the river and captured the [MASK] of the town .", "castle"),
-    ("The station is operated by the Ministry of [MASK] .", "Defence"),
-    ("He studied law at the University of [MASK] .", "Oxford"),
-    ("The bridge was opened to [MASK] in 1932 .", "traffic"),
-    ("Her first husband died of a heart [MASK] in 1960 .", "attack"),
-    ("The Roman [MASK] conquered the region in the first century .", "Empire"),
-    ("The Catholic [MASK] declared him a saint in 1920 .", "Church"),
-    ("The match ended in a 2 – 1 [MASK] for the home side .", "win"),
-    ("He was sentenced to life in [MASK] for the murder .", "prison"),
-    ("The plane crashed shortly after take [MASK] .", "off"),
-    ("The Prime Minister resigned after losing a vote of no [MASK] .", "confidence"),
-    ("Rain fell for three days and the river burst its [MASK] .", "banks"),
-]
-LATER_COLLOCATIONS = [  # 20 more, written after the BERT's tokenizer was chosen with the 40 above:
-    # a check the choice could not have been fitted to (README, "A BERT that learns")
-    ("She won the Academy [MASK] for Best Actress in 1955 .", "Award"),
-    ("The Soviet [MASK] collapsed at the end of 1991 .", "Union"),
-    ("The Supreme [MASK] ruled that the law was invalid .", "Court"),
-    ("His grandfather fought in the American Civil [MASK] .", "War"),
-    ("The striker scored a hat [MASK] in the second half .", "trick"),
-    ("The team finished the regular [MASK] with ten wins .", "season"),
-    ("The chapel is dedicated to the Virgin [MASK] .", "Mary"),
-    ("The castle was built in the Middle [MASK] by a local lord .", "Ages"),
-    ("The liner sank on her maiden [MASK] after hitting an iceberg .", "voyage"),
-    ("The game was released in North [MASK] in the spring of 2005 .", "America"),
-    ("The President met the minister at the White [MASK] .", "House"),
-    ("The company moved its offices from London to Hong [MASK] .", "Kong"),
-    ("The orchestra gave a concert in Buenos [MASK] last year .", "Aires"),
-    ("The actor died of lung [MASK] at the age of 60 .", "cancer"),
-    ("The film was a failure at the box [MASK] .", "office"),
-    ("He was awarded the Nobel [MASK] for his work on physics .", "Prize"),
-    ("The second season received mixed [MASK] from critics .", "reviews"),
-    ("The band began a world [MASK] to promote the record .", "tour"),
-    ("The new ground has a seating [MASK] of 20 @,@ 000 .", "capacity"),
-    ("The two nations signed a peace [MASK] to end the war .", "treaty"),
-]
-TOKENIZER_TEXTS = {  # (text to train on, text to count tokens on)
-    "English": ("data/wikitext-2/wiki.train.tokens", "data/wikitext-2/wiki.valid.tokens"),
-    "Chinese": ("../shared/seeds", "../shared/seeds"),
-}
+ENGLISH = ("data/wikitext-2/wiki.train.tokens", "data/wikitext-2/wiki.valid.tokens")  # train on,
+# count on: WikiText-2 v1's files, where data.py finds them (docs/guide.md, Offline)
 
 
 def timed(fn, warmup, repeats, device):
@@ -326,7 +256,8 @@ def wikitext_corpus(path, seed=0):
     (so a copy may come before its original: then the original is the one dropped)."""
     source = Path("data/wikitext-2/wiki.train.tokens")
     if not source.exists():
-        raise FileNotFoundError(f"{source}: prepare WikiText-2 v1 first (README, Offline)")
+        raise FileNotFoundError(f"{source}: put WikiText-2 v1 there first (docs/guide.md, "
+                                f"Offline)")
     with open(source, encoding="utf-8") as f:
         articles = [a for a in data.wikitext_documents(f) if a.strip()]
     for marked, plain in ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), (" , ", ", "),
@@ -343,46 +274,6 @@ def wikitext_corpus(path, seed=0):
         for i, article in enumerate(articles):
             for doc in [article, *copies.get(i, [])]:
                 f.write(doc.strip() + "\n<|endoftext|>\n")
-
-
-@torch.no_grad()
-def bench_collocations(row, device, dtype):
-    """How many of the 40 COLLOCATIONS a trained model knows: the hidden word among its 5 most
-    likely words, and the median rank of the hidden word (past 50: infinite); and how many of the
-    20 LATER_COLLOCATIONS. A BERT fills the [MASK] from both sides with a word of one token or
-    several (sample.fill_mask); a GPT predicts the token after the text before the [MASK], so a
-    word its tokenizer splits is a miss for it. "split words": answers of more than one token.
-    "met 10+ times": how many of all 60 sentences have a pair (the word before the [MASK], the
-    hidden word) that WikiText-2's train split holds at least 10 times; and of those, how many
-    the model has in its top 5."""
-    path = Path(row["ckpt"])
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: train it first (README, Results on this machine)")
-    model, _, enc = load_model(load_checkpoint(path))
-    model.eval()
-    ranks, split, pairs = [], [], []
-    for sentence, word in COLLOCATIONS + LATER_COLLOCATIONS:
-        before = sentence.split(" [MASK]")[0]
-        if row["fill_mask"]:  # words, most likely first, as sample.py ranks them
-            ids = sample.encode_prompt(sentence, enc)
-            ranked = [w for w, _ in sample.fill_mask(model, ids, enc, top_k=50)[0]]
-        else:  # the next token after the words before the [MASK], ordinary tokens only
-            logits = model(torch.tensor([enc.encode(before)]))[0, -1]
-            ranked = [enc.decode([t]) for t in logits[:enc.eot_token].topk(50).indices]
-        ranks.append(1 + ranked.index(" " + word) if " " + word in ranked else math.inf)
-        split.append(len(enc.encode_ordinary(" " + word)) > 1)
-        pairs.append(f" {before.split(' ')[-1]} {word} ")  # the word before the [MASK], and it
-    n = len(COLLOCATIONS)
-    result = {"top 5": sum(r <= 5 for r in ranks[:n]), "median rank": statistics.median(ranks[:n]),
-              "split words": sum(split[:n]), "later 20: top 5": sum(r <= 5 for r in ranks[n:]),
-              "later 20: split": sum(split[n:])}
-    train = Path(TOKENIZER_TEXTS["English"][0])
-    if train.exists():  # WikiText-2's words, as data/wikitext-2 holds them
-        text = train.read_text(encoding="utf-8")
-        met = [text.count(pair) >= 10 for pair in pairs]
-        result |= {"met 10+ times": sum(met),
-                   "met 10+ times: top 5": sum(r <= 5 for r, m in zip(ranks, met) if m)}
-    return result
 
 
 def bench_clean(row, device, dtype):
@@ -408,7 +299,7 @@ def bench_clean(row, device, dtype):
 def bench_tokenizer(row, device, dtype):
     """Tokens per character of GPT-2's BPE, or of one bpe.py trains (and how long that takes;
     ids: fewer than asked for where the text runs out of pairs to merge)."""
-    train_path, count_path = TOKENIZER_TEXTS[row["corpus"]]
+    train_path, count_path = ENGLISH if row["corpus"] == "English" else (row["chinese"],) * 2
     if row.get("held_out"):  # the last file is counted, the others trained on
         *train_files, count_file = sorted(Path(train_path).glob("*.txt"))
         train_text, count_text = "".join(map(read_text, train_files)), read_text(count_file)
@@ -429,7 +320,7 @@ def read_text(path):
     path = Path(path)
     files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
     if not files or not path.exists():
-        raise FileNotFoundError(f"{path}: no text there (README, Tokenizers)")
+        raise FileNotFoundError(f"{path}: no text there (docs/guide.md, Tokenizers)")
     return "".join(f.read_text(encoding="utf-8") for f in files)
 
 
@@ -466,11 +357,11 @@ def shard_worker(rank, row, port, folder):
     torch.distributed.destroy_process_group()
 
 
-def measure(name, device, dtype):
-    row = ROWS[name]
+def measure(name, device, dtype, chinese=None):
+    row = dict(ROWS[name], chinese=chinese)
     task = {"train": bench_train, "adamw": bench_adamw, "matmul": bench_matmul,
-            "generate": bench_generate, "collocations": bench_collocations,
-            "clean": bench_clean, "tokenizer": bench_tokenizer, "shard": bench_shard}[row["task"]]
+            "generate": bench_generate, "clean": bench_clean, "tokenizer": bench_tokenizer,
+            "shard": bench_shard}[row["task"]]
     result = task(row, device, dtype)
     if device.type == "cuda":
         result["peak memory (MB)"] = torch.cuda.max_memory_allocated() / 2**20
@@ -481,12 +372,14 @@ def measure(name, device, dtype):
 
 
 def main(argv=None):
-    parser = runtime.Parser(prog="bench.py", description="Measure training, optimizer and "
-                                                         "generation speed.")
+    parser = runtime.Parser(prog="tools/bench.py", description="Measure training, optimizer "
+                                                               "and generation speed.")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"),
                         default="auto")
     parser.add_argument("--only", default="", help="run the rows whose name contains this text")
+    parser.add_argument("--chinese", metavar="DIR", default=None,
+                        help="a folder of Chinese .txt files, for the Chinese tokenizer rows")
     parser.add_argument("--row", default=None, help=argparse.SUPPRESS)  # internal: one row here
     args = parser.parse_args(argv)
     device = runtime.pick_device(args.device)
@@ -494,20 +387,20 @@ def main(argv=None):
     if device == "cpu":
         runtime.keep_freed_memory()
     if args.row:  # the child process: measure, print one JSON line
-        print(json.dumps(measure(args.row, torch.device(device), dtype)))
+        print(json.dumps(measure(args.row, torch.device(device), dtype, args.chinese)))
         return
     threads = f"{device}, {torch.get_num_threads()} threads"
     name = torch.cuda.get_device_name() if device == "cuda" else threads
     print(f"device: {name}; dtype: {str(dtype).removeprefix('torch.')}; "
           f"torch {torch.__version__}")
     chosen = [row for row in ROWS if args.only in row]
+    if not args.chinese and any("Chinese" in row for row in chosen):
+        print("(the Chinese tokenizer rows need --chinese DIR, a folder of Chinese .txt files)")
+        chosen = [row for row in chosen if "Chinese" not in row]
     results = {}
     for columns, tasks in ((("tokens/s", "ms/step", "MFU", "peak memory (MB)"),
                             ("train", "adamw", "generate")),
                            (("ms", "GFLOP/s", "peak memory (MB)"), ("matmul",)),
-                           (("top 5", "median rank", "split words", "later 20: top 5",
-                             "later 20: split", "met 10+ times", "met 10+ times: top 5"),
-                            ("collocations",)),
                            (("MB/s", "documents", "kept", "peak memory (MB)"), ("clean",)),
                            (("ids", "characters", "tokens", "tokens/char", "training (s)",
                              "peak memory (MB)"), ("tokenizer",)),
@@ -523,9 +416,10 @@ def main(argv=None):
 
 
 def print_row(row, args, columns):
-    """Measure one row in a child process, print it as a line of README's table, return it."""
+    """Measure one row in a child process, print it as a line of a Markdown table, return it."""
+    chinese = ["--chinese", args.chinese] if args.chinese else []
     out = subprocess.run([sys.executable, __file__, "--row", row, "--device", args.device,
-                          "--dtype", args.dtype], capture_output=True, text=True)
+                          "--dtype", args.dtype, *chinese], capture_output=True, text=True)
     if out.returncode != 0:
         print(f"| {row} | failed: {out.stderr.strip().splitlines()[-1]} |" + " |" * 3, flush=True)
         return None
