@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 import data
 import fetch
+import prepared
 import shard
 from clm import CLM
 from mlm import MLM
@@ -144,7 +145,7 @@ def fit_vocabulary(mcfg, cfg, checkpoint, given):
     """(model config, <|endoftext|> id) for the data's tokenizer: unless --vocab_size is given, a
     fresh model gets rows for its ids and [MASK] (the id after <|endoftext|>), rounded up to a
     multiple of 64 (model.py says why). Weights trained on other tokens are refused."""
-    meta, vocab = data.read_meta(cfg.data_dir), data.read_vocab(cfg.data_dir)
+    meta, vocab = prepared.read_meta(cfg.data_dir), data.read_vocab(cfg.data_dir)
     need = meta["eot_id"] + 2
     if checkpoint is not None and checkpoint.get("tokenizer") != vocab:
         raise CheckpointError(f"cannot resume: the checkpoint was trained with another tokenizer "

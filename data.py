@@ -48,11 +48,10 @@ Run:       python data.py                               (WikiText-2 into data/wi
            python data.py --text notes.txt --data_dir data/notes   (your own text, 10% held out)
            python data.py --text notes.txt --data_dir data/notes-2k --tokenizer_size 2048
                                                         (the same, with a tokenizer of its own)
-Read next: train.py, the loop that consumes these blocks.
+Read next: adamw.py, the update rule of the loop that consumes these blocks (train.py).
 """
 
 import functools
-import json
 import os
 import re
 import time
@@ -65,6 +64,7 @@ from tqdm import tqdm
 import bpe
 import clean
 import fetch
+import prepared
 import runtime
 from fetch import SPLITS, DataError
 
@@ -108,6 +108,41 @@ def text_pieces(path, piece_chars=1 << 20):
             carry = text[last.start():]
     if carry:
         yield carry
+
+
+def wikitext_stream(path):
+    """The split's articles, each followed by <|endoftext|>."""
+    with open(path, encoding="utf-8") as f:
+        for doc in wikitext_documents(f):
+            if doc.strip():
+                yield doc
+                yield END
+
+
+def text_stream(files):
+    """Your own text as it is: each file one document, followed by <|endoftext|>."""
+    for path in files:
+        yield from text_pieces(path)
+        yield END
+
+
+def cleaned_stream(files, cleaner):
+    """Your own text through clean.py: the documents it keeps, each followed by <|endoftext|>."""
+    for kept in clean.clean_all(read_documents(files), cleaner):
+        yield kept
+        yield END
+    if not cleaner.report["kept_documents"]:
+        clean.print_report(cleaner.report)
+        raise DataError(f"cleaning kept none of the {cleaner.report['documents']} documents (the "
+                        f"table above says why): train on the text as it is with --no_clean")
+
+
+def read_documents(files):
+    for path in tqdm(files, desc="cleaning", unit="file"):
+        try:
+            yield from clean.documents(path)
+        except UnicodeDecodeError:
+            raise not_utf8(path) from None
 
 
 def read_utf8(f, n):
@@ -194,51 +229,6 @@ def tokenize_to_file(stream, path, enc):
     return count
 
 
-def wikitext_stream(path):
-    """The split's articles, each followed by <|endoftext|>."""
-    with open(path, encoding="utf-8") as f:
-        for doc in wikitext_documents(f):
-            if doc.strip():
-                yield doc
-                yield END
-
-
-def text_stream(files):
-    """Your own text as it is: each file one document, followed by <|endoftext|>."""
-    for path in files:
-        yield from text_pieces(path)
-        yield END
-
-
-def cleaned_stream(files, cleaner):
-    """Your own text through clean.py: the documents it keeps, each followed by <|endoftext|>."""
-    for kept in clean.clean_all(read_documents(files), cleaner):
-        yield kept
-        yield END
-    if not cleaner.report["kept_documents"]:
-        clean.print_report(cleaner.report)
-        raise DataError(f"cleaning kept none of the {cleaner.report['documents']} documents (the "
-                        f"table above says why): train on the text as it is with --no_clean")
-
-
-def read_documents(files):
-    for path in tqdm(files, desc="cleaning", unit="file"):
-        try:
-            yield from clean.documents(path)
-        except UnicodeDecodeError:
-            raise not_utf8(path) from None
-
-
-def text_files(text):
-    path = Path(text)
-    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
-    if not path.exists() or not files:
-        raise DataError(f"--text {text}: no such file, or a folder without .txt files")
-    if not any(f.stat().st_size for f in files):
-        raise DataError(f"--text {text}: the files are empty; there is no text to learn from")
-    return files
-
-
 def prepare(data_dir, text=None, *, val_fraction=None, clean_text=None, vocab_size=None,
             variant="raw", mirrors=fetch.MIRRORS, expected=None):
     """Make sure data_dir holds train.bin, val.bin (and test.bin for WikiText) for the chosen
@@ -246,53 +236,19 @@ def prepare(data_dir, text=None, *, val_fraction=None, clean_text=None, vocab_si
     contents. A folder remembers what it was made from: your text, with val_fraction (default
     0.1) and clean_text (default True: clean.py before tokenizing), and vocab_size (default: GPT-2's
     tokenizer, none trained). Later calls need none of them, and a folder never silently changes
-    what it holds: another source is refused, with the folder to use instead."""
+    what it holds: another source is refused, with the folder to use instead (prepared.py keeps
+    that record)."""
     data_dir = runtime.make_folder(data_dir, "data_dir")
-    old = read_meta(data_dir)
-    remembered = old["source"] if old else {}
-    text = check_same_source(data_dir, remembered, text)
-    ready = old is not None and complete(data_dir, old)
-    if text and not Path(text).exists() and ready:  # the text moved; what was made from it stays
-        print(f"data: {text} is gone; using the .bin files prepared from it in {data_dir}/")
-        return old
-    if clean_text is None:  # a folder made before cleaning existed stays as it was made
-        clean_text = remembered.get("clean", "text" not in remembered)
-    if text:
-        files = text_files(text)
-        source = {"text": str(Path(text).resolve()),
-                  "val_fraction": val_fraction or remembered.get("val_fraction", 0.1),
-                  "clean": clean_text,
-                  "sha256": {str(f.resolve()): fetch.sha256(f) for f in files}}
-    else:
-        paths = fetch.wikitext(data_dir, variant, mirrors, expected, download=not ready,
-                               copy_from=WIKITEXT_DIR)
-        if paths is None:  # the source files are gone, but what was made from them is still here
-            print(f"data: WikiText-2 files not in {data_dir}/; using the prepared .bin files")
-            return old
-        source = {"wikitext": {s: p.name for s, p in paths.items()},
-                  "sha256": {s: fetch.sha256(p) for s, p in paths.items()}}
-    if vocab_size or remembered.get("vocab_size"):
-        source["vocab_size"] = check_vocab_size(vocab_size or remembered["vocab_size"])
-    if ready and old["source"] == source:
-        print(f"data: {data_dir}/*.bin are up to date")
+    old, source, files = prepared.plan(
+        data_dir, text, val_fraction=val_fraction, clean_text=clean_text, vocab_size=vocab_size,
+        wikitext=dict(variant=variant, mirrors=mirrors, expected=expected, copy_from=WIKITEXT_DIR))
+    if source is None:  # up to date, or the source is gone and its .bin files serve
         return old
     start = time.time()
     (data_dir / "tokenizer.bpe").unlink(missing_ok=True)  # made again below, if there is one
-    tokens, enc = (prepare_text(files, data_dir, source) if text
-                   else prepare_wikitext(paths, data_dir, source))
-    meta = {"tokenizer": enc.name, "vocab_size": enc.n_vocab, "eot_id": enc.eot_token,
-            "dtype": "uint16", "tokens": tokens, "source": source,
-            "seconds": round(time.time() - start, 2)}
-    (data_dir / "meta.json").write_text(json.dumps(meta, indent=1))
-    return meta
-
-
-def check_vocab_size(n):
-    if not 2 + 256 <= n <= 1 << 16:
-        raise runtime.ConfigError(f"--tokenizer_size {n}: a byte-level BPE needs 256 byte tokens "
-                                  f"and 2 special ones, and .bin files hold ids below 65,536: "
-                                  f"give a number from 258 to 65536")
-    return n
+    tokens, enc = (prepare_text(files, data_dir, source) if "text" in source
+                   else prepare_wikitext(files, data_dir, source))
+    return prepared.write_meta(data_dir, enc, tokens, source, time.time() - start)
 
 
 def prepare_wikitext(paths, data_dir, source):
@@ -313,70 +269,15 @@ def prepare_text(files, data_dir, source):
     stream = cleaned_stream(files, cleaner) if cleaner else text_stream(files)
     enc, spool = tokenizer(), data_dir / "text.jsonl.part"
     if "vocab_size" in source:
-        chars = write_spool(stream, spool)
-        enc = train_tokenizer(read_spool(spool), data_dir, source["vocab_size"],
+        chars = prepared.write_spool(stream, spool)
+        enc = train_tokenizer(prepared.read_spool(spool), data_dir, source["vocab_size"],
                               max_chars=chars * (1 - source["val_fraction"]))
-        stream = read_spool(spool)
+        stream = prepared.read_spool(spool)
     tokens = split_train_val(stream, data_dir, source["val_fraction"], enc, source["text"])
     spool.unlink(missing_ok=True)
     if cleaner:
-        report_cleaning(cleaner.report, data_dir)
+        prepared.report_cleaning(cleaner.report, data_dir)
     return tokens, enc
-
-
-def write_spool(stream, path):
-    """Write a stream to path as JSON lines (END as null); returns its number of characters."""
-    chars = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for item in stream:
-            f.write(json.dumps(item) + "\n")
-            chars += len(item) if item is not END else 0
-    return chars
-
-
-def read_spool(path):
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)
-
-
-def report_cleaning(report, data_dir):
-    """Print what cleaning removed and write it to data_dir/cleaning.json."""
-    clean.print_report(report)
-    path = Path(data_dir) / "cleaning.json"
-    path.write_text(json.dumps(report, indent=1, ensure_ascii=False))
-    print(f"cleaning: report in {path}")
-
-
-def read_meta(data_dir):
-    """What data_dir/meta.json says the folder holds, or None where there is no meta.json."""
-    path = Path(data_dir) / "meta.json"
-    if not path.exists():
-        return None
-    try:
-        meta = json.loads(path.read_text())
-        meta["tokens"].items(), meta["source"].get  # what everything else relies on
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise DataError(f"{path} is damaged: delete it and run again (the .bin files beside it "
-                        f"are made again)") from None
-    return meta
-
-
-def complete(data_dir, meta):
-    """Whether every .bin file meta.json lists is there, with as many tokens as it says."""
-    return all((data_dir / f"{s}.bin").exists() and (data_dir / f"{s}.bin").stat().st_size == 2 * n
-               for s, n in meta["tokens"].items())
-
-
-def check_same_source(data_dir, remembered, text):
-    """The text a folder is (to be) prepared from: the one asked for, else the one it remembers
-    (None: WikiText-2). Asking a folder for another corpus than the one it holds is refused."""
-    held = remembered.get("text") or ("WikiText-2" if "wikitext" in remembered else None)
-    if text and held and (held == "WikiText-2" or Path(text).resolve() != Path(held)):
-        elsewhere = Path(data_dir).parent / Path(text).stem
-        raise DataError(f"--data_dir {data_dir} holds {held}; prepare --text {text} in a folder "
-                        f"of its own: --data_dir {elsewhere}")
-    return text or remembered.get("text")
 
 
 def split_train_val(stream, data_dir, val_fraction, enc, text):
@@ -403,7 +304,7 @@ def open_split(data_dir, split):
     """A split's token ids as a read-only memmap: nothing is read until a batch needs it."""
     path = Path(data_dir) / f"{split}.bin"
     if not path.exists():
-        meta = read_meta(data_dir)
+        meta = prepared.read_meta(data_dir)
         if meta and split not in meta["tokens"]:
             raise DataError(f"{data_dir} has no {split} split: it holds {', '.join(meta['tokens'])}"
                             f" (your own text is split into train and val only)")

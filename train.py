@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 import data
 import monitor
+import prepared
 import runtime
 import shard
 from adamw import AdamW
@@ -294,7 +295,7 @@ def tokenizer_size(cfg, given):
     one it was made with, unless --tokenizer_size asks for another size (data.prepare then
     tokenizes it again), so `--model bert --data_dir data/wikitext-2` trains on GPT-2's tokens as
     they are. A trained folder cannot go back to GPT-2's: asking for that is refused."""
-    meta = data.read_meta(cfg.data_dir)
+    meta = prepared.read_meta(cfg.data_dir)
     if meta is not None and "tokenizer_size" not in given:
         return None
     if meta is not None and not cfg.tokenizer_size and "vocab_size" in meta["source"]:

@@ -8,6 +8,7 @@ import pytest
 
 import bpe
 import data
+import prepared
 
 
 def test_merges_on_a_tiny_corpus_are_the_ones_worked_out_by_hand():
@@ -155,7 +156,7 @@ def trained(tmp_path_factory):
 def test_the_bin_files_hold_the_trained_tokenizers_ids(trained):
     folder, text = trained
     vocab = data.read_vocab(folder / "d")
-    enc, meta = bpe.encoding(vocab), data.read_meta(folder / "d")
+    enc, meta = bpe.encoding(vocab), prepared.read_meta(folder / "d")
     assert 256 < len(vocab) <= 298  # fewer, where the text runs out of pairs
     assert (meta["tokenizer"], meta["eot_id"]) == (enc.name, len(vocab))
     ids = [*data.open_split(folder / "d", "train"), *data.open_split(folder / "d", "val")]
@@ -195,15 +196,15 @@ def test_a_bert_trains_its_own_tokenizer_for_a_new_folder_and_keeps_a_prepared_o
         train.main(["--model", model, "--text", str(tmp_path / "t.txt"), "--no_clean", "--data_dir",
                     str(tmp_path / folder), "--out_dir", str(tmp_path / model), "--max_steps", "5",
                     *TINY])
-    own, gpt2 = data.read_meta(tmp_path / "own"), data.read_meta(tmp_path / "gpt2")
+    own, gpt2 = prepared.read_meta(tmp_path / "own"), prepared.read_meta(tmp_path / "gpt2")
     assert own["source"]["vocab_size"] == MLM.defaults["tokenizer_size"]
     assert own["tokenizer"].startswith("bpe-") and data.read_vocab(tmp_path / "own") is not None
     assert gpt2["tokenizer"] == "gpt2" and "vocab_size" not in gpt2["source"]
     train.main(["--model", "bert", "--data_dir", str(tmp_path / "gpt2"), "--out_dir",
                 str(tmp_path / "bert-gpt2"), "--max_steps", "5", *TINY])
-    assert data.read_meta(tmp_path / "gpt2") == gpt2  # not tokenized again
+    assert prepared.read_meta(tmp_path / "gpt2") == gpt2  # not tokenized again
     with pytest.raises(runtime.ConfigError, match="--tokenizer_size 0: --data_dir .* holds the "
                                                   "tokens of a trained tokenizer"):
         train.main(["--model", "bert", "--data_dir", str(tmp_path / "own"), "--tokenizer_size",
                     "0", "--out_dir", str(tmp_path / "bert-0"), "--max_steps", "5", *TINY])
-    assert data.read_meta(tmp_path / "own") == own  # and the folder is as it was
+    assert prepared.read_meta(tmp_path / "own") == own  # and the folder is as it was

@@ -165,6 +165,7 @@ def test_prepare_cleans_own_text_before_the_split_and_reports_it(tmp_path, capsy
     sides; cleaning.json holds the report; --no_clean keeps every byte."""
     import json
     import data
+    import prepared
     folder = tmp_path / "corpus"
     folder.mkdir()
     docs = [prose(150, 300 + i) for i in range(18)]
@@ -181,7 +182,7 @@ def test_prepare_cleans_own_text_before_the_split_and_reports_it(tmp_path, capsy
     assert "kept 18 of 20 documents" in capsys.readouterr().out
     raw = data.prepare(tmp_path / "raw", text=str(folder), clean_text=False)
     assert sum(raw["tokens"].values()) > sum(meta["tokens"].values())
-    assert data.read_meta(tmp_path / "raw")["source"]["clean"] is False
+    assert prepared.read_meta(tmp_path / "raw")["source"]["clean"] is False
     meta_path = tmp_path / "raw" / "meta.json"  # a folder made before cleaning existed...
     old = json.loads(meta_path.read_text())
     del old["source"]["clean"]

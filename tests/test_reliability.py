@@ -19,6 +19,7 @@ import torch
 
 import checkpoint
 import data
+import prepared
 import runtime
 import sample
 import train
@@ -224,7 +225,7 @@ def test_a_folder_refuses_a_corpus_it_does_not_hold(flags_of, corpus, tmp_path):
     data.prepare(tmp_path / "wiki", expected=expected)
     with pytest.raises(data.DataError, match="holds WikiText-2; prepare --text .* of its own"):
         data.prepare(tmp_path / "wiki", text=str(tmp_path / "mine.txt"))
-    assert data.read_meta(tmp_path / "wiki")["source"]["wikitext"]  # still WikiText-2
+    assert prepared.read_meta(tmp_path / "wiki")["source"]["wikitext"]  # still WikiText-2
 
 
 def test_a_prepared_folder_trains_after_its_text_moved(tmp_path):
