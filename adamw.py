@@ -2,11 +2,12 @@
 adamw.py: AdamW, written out by hand: the update rule every pretraining run of this codebase uses.
 
 train.py builds it over model.param_groups (weight decay on matrices only) and sets each group's
-"lr" from the schedule before every step; bench.py times it against torch.optim.AdamW, and
+"lr" from the schedule before every step; tools/bench.py times it against torch.optim.AdamW, and
 tests/test_train.py proves the two compute the same.
 
 Try it:    python -m pytest tests/test_train.py -k adamw
-Read next: train.py, which calls it once per optimizer step.
+Read next: muon.py, BERT's optimizer, which hands every parameter that is not a matrix to
+           this one.
 """
 
 import math
@@ -54,7 +55,7 @@ class AdamW:
             t = [self.state[p]["step"] for p in params]
             # The docstring's lines for all of the group's parameters at once: torch._foreach_op
             # applies op to each tensor of its lists, as torch.optim does. A loop over parameters
-            # would launch a small GPU kernel per parameter and operation (README, "On a GPU").
+            # would launch a small GPU kernel per parameter and operation (docs/performance.md).
             torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
             torch._foreach_lerp_(m, grads, 1 - beta1)  # m + (1 - beta1) * (g - m)
             torch._foreach_mul_(v, beta2)

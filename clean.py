@@ -39,7 +39,7 @@ signature.
 
 Run:       python data.py --text my_folder --data_dir data/mine      (cleans, then tokenizes)
 Try it:    python -m pytest tests/test_clean.py
-Read next: data.py, which tokenizes what is kept.
+Read next: bpe.py, the tokenizer data.py can train on what is kept.
 """
 
 import hashlib

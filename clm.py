@@ -14,7 +14,7 @@ The shift by one. The logits at position t are scored against token t + 1, so th
 block are its own tokens moved one place left (`next_token_targets`). The last position has no
 next token inside the block: its target is IGNORE, and the first token is never a target. No
 label data is needed: the input is its own label, shifted. (The last position's embedding thus
-never receives a gradient; README's design notes measure that this does not hurt.)
+never receives a gradient; docs/guide.md's design notes say why that does not hurt.)
 
 IGNORE (-100, PyTorch's default ignore_index). A target equal to it is left out of the mean. The
 masked-LM objective (mlm.py) uses it for every position it did not choose.
@@ -45,7 +45,7 @@ def next_token_targets(idx):
 def clm_loss(logits, targets):
     """Mean cross-entropy of logits (B, T, V) against targets (B, T), IGNORE left out.
     Shifting the targets, not the logits, keeps the (B, T, V) logits as they are: slicing off
-    their last position would copy the largest tensor of the step (README, Performance)."""
+    their last position would copy the largest tensor of the step (docs/performance.md)."""
     return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=IGNORE)
 
 

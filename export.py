@@ -23,7 +23,8 @@ to the tokenizer's 50,257 (up to <|endoftext|>): no text encodes to the others, 
 draws them, and a pipeline that could draw one would have nothing to decode it to.
 
 Run:       python sample.py --ckpt out/ckpt.pt --export_hf out/hf
-Read next: README, "Take your GPT elsewhere" (loading the folder with transformers).
+Read next: EXERCISES.md, nine exercises with checks. (Loading the exported folder with
+           transformers: docs/guide.md, "Take your GPT elsewhere".)
 """
 
 import json

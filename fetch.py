@@ -36,7 +36,7 @@ WIKITEXT = {  # the two published variants: their zip and the names of the three
 }
 MIRRORS = ("https://wikitext.smerity.com/",)  # the dataset author's own host
 LINE_COUNTS = {"train": 36718, "val": 3760, "test": 4358}  # as published, the same in both variants
-SHA256 = {  # the v1 files (see ../shared/data/README.md); no offline copy of the raw ones to hash
+SHA256 = {  # of the v1 files, as the dataset's zip holds them; the raw ones' are not known here
     "wiki.train.tokens": "9e9fa1ad55b1c2c95b08e37dd8e653f638fac2c6de904b79e813611eefbc985f",
     "wiki.valid.tokens": "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
     "wiki.test.tokens": "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0",

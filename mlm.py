@@ -7,15 +7,15 @@ in view), so BERT plays a cloze game instead: hide some tokens and predict them 
 
 How tokens are chosen and hidden (`mask_tokens`)
   1. Choose a share of the positions that hold ordinary tokens: 15% in BERT, 30% by default here
-     (MosaicBERT's rate; in a short run, more predictions per step teach more: README, "A BERT
-     that learns"). Special ids (<|endoftext|>, [MASK]: 50256, 50257 with GPT-2's tokenizer,
-     the last two of a trained one) and the padding ids after them are never chosen: there is
-     nothing to learn there. Like BERT's original data code (create_pretraining_data.py), we take
-     exactly round(share x eligible positions) per sequence, at least one, so a batch never has
+     (MosaicBERT's rate; in a short run, more predictions per step teach more: docs/bert.md).
+     Special ids (<|endoftext|>, [MASK]: 50256, 50257 with GPT-2's tokenizer, the last two of a
+     trained one) and the padding ids after them are never chosen: there is nothing to learn
+     there. Like BERT's original data code (create_pretraining_data.py), we take exactly
+     round(share x eligible positions) per sequence, at least one, so a batch never has
      nothing to predict, and the sparse head (model.BERT) sees about the same count every step.
      Or whole words (train.py --mask_unit words; Google's whole-word-masking BERT, 2019): BPE
      splits a rare word into pieces, and a piece hidden next to the others is easy to guess. It
-     did not help here (README, "A BERT that learns").
+     did not help here (docs/bert.md).
   2. Of the chosen positions, 80% become [MASK], 10% become a random ordinary token, 10% stay as
      they are. Why not 100% [MASK]? [MASK] never appears when the model is later fine-tuned or
      used, so a model that only learned "predict at [MASK]" would be trained on inputs unlike the
@@ -32,7 +32,7 @@ fixed 15% masks so that runs compare) and, beside it, the loss at the positions 
 only, where the model has nothing to copy.
 
 Try it:    python -m pytest tests/test_clm_mlm.py -k mask
-Read next: data.py (where the token blocks come from).
+Read next: clean.py, the first step from raw text to token blocks (then bpe.py and data.py).
 """
 
 import math
@@ -125,7 +125,7 @@ class MLM:
     edges: tuple = None  # word_edges(enc): hide whole words in training (evaluation: tokens)
     Model = BERT  # the model this objective trains (a class attribute, not a field)
     causal = False  # it reads both ways: it fills in [MASK]s instead (sample.py's fill-mask)
-    # What a BERT run starts from unless a flag says otherwise (README, "A BERT that learns"):
+    # What a BERT run starts from unless a flag says otherwise (docs/bert.md tells why):
     # rotary positions, so that the model knows from the first step which token is its neighbour;
     # BERT's own LayerNorm on the embeddings; a higher learning rate; half the GPT's width; and a
     # tokenizer of its own, 8,192 ids trained on WikiText-2's training text (data.py, bpe.py), in

@@ -14,7 +14,7 @@ What this file teaches
   * Two ways to tell the model where a token is: a learned table of position vectors added to the
     token embeddings (GPT-2's), or rotary embeddings (RoPE, `apply_rope`), which rotate queries
     and keys so that attention scores depend on the distance between tokens. BERT needs the
-    second to learn within a lesson (README, "A BERT that learns").
+    second to learn within a lesson (docs/bert.md).
   * The head and its loss in one pass (`HeadLoss`): the largest tensor of a training step is the
     (tokens, vocabulary) matrix of logits; computed a few rows at a time, with the gradient of
     softmax cross-entropy written down directly, it never exists whole.
@@ -25,7 +25,7 @@ The layer names (`transformer.h.0.attn.c_attn`, ...) are GPT-2's, so OpenAI's we
 one (`GPT.from_gpt2`).
 
 Try it:    python -c "import model; m = model.GPT(model.ModelConfig()); print(model.num_params(m))"
-Read next: clm.py and mlm.py (the two objectives), then data.py.
+Read next: clm.py, GPT's objective (then mlm.py, BERT's).
 """
 
 import math
@@ -364,8 +364,8 @@ class HeadLoss(torch.autograd.Function):
     """Mean cross-entropy of the logits x @ weight^T + bias against targets, IGNORE left out, in
     one pass that computes the gradients too. Equal to F.cross_entropy on the full logits, in value
     and gradient (tests/test_model.py), but faster and smaller: most of the default GPT's step
-    outside the matmuls goes to the (2,048 x 50,304) logits' softmax and its backward (README,
-    Performance).
+    outside the matmuls goes to the (2,048 x 50,304) logits' softmax and its backward
+    (docs/performance.md).
 
     The gradient of softmax cross-entropy with respect to one row's logits z is
     softmax(z) - onehot(target). So each chunk of rows computes its logits, turns them into that
@@ -409,7 +409,7 @@ class HeadLoss(torch.autograd.Function):
 def head_loss(x, weight, bias, targets, rows=1024):
     """HeadLoss on x (N, C) and targets (N,), `rows` rows at a time: 1,024 x 50,304 float32
     logits are 206 MB, half of the default GPT's whole (2,048 x 50,304) matrix; smaller chunks
-    save more memory but make slower matmuls (README, Performance). Under torch.no_grad()
+    save more memory but make slower matmuls (docs/performance.md). Under torch.no_grad()
     (evaluation) only the loss is computed: one matmul, not three. That is asked here, because
     autograd runs a Function's forward with gradients off, and ctx.needs_input_grad only says
     which inputs require them."""

@@ -10,7 +10,7 @@ U S V^T (its singular value decomposition) and steps along U V^T instead: the sa
 every one of them taken at the same size. Rare directions then learn as fast as common ones. It
 reached a given loss in fewer steps than AdamW in nanoGPT speedruns and at scale (Liu et al. 2025,
 "Muon is Scalable for LLM Training"), and here it made the default BERT learn more in its twenty
-minutes (README, "A BERT that learns").
+minutes (docs/bert.md).
 
 U V^T needs no SVD: orthogonalize() gets close to it with a few matrix products (Newton-Schulz).
 torch.optim.Muon does the same; tests/test_train.py compares the two, and checks orthogonalize()
@@ -31,7 +31,7 @@ COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 MOMENTUM = 0.95  # (Jordan et al. 2024; Liu et al. 2025)
 # Each matrix's step is scaled to an RMS of UPDATE_RMS * lr. Liu et al. (2025) use 0.2, about
 # AdamW's own, so that one learning rate and one schedule serve both; twice that learned faster in
-# our BERT (README, "A BERT that learns").
+# our BERT (docs/log.md, "BERT: Muon").
 UPDATE_RMS = 0.4
 
 

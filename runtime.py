@@ -1,5 +1,5 @@
 """
-runtime.py: where a program runs. Not a lesson: plumbing train.py, sample.py and bench.py share.
+runtime.py: where a program runs. Not a lesson: plumbing the programs and tools share.
 
   * the device (`pick_device`) and the number format (`pick_dtype`), checked against the machine;
   * the processes of a data-parallel run (`rank_and_world`, `is_main`, `say`);
@@ -109,8 +109,8 @@ def pick_dtype(name, device):
 def cpu_bfloat16_is_faster():
     """Whether this CPU multiplies bfloat16 matrices at least 1.3x as fast as float32 ones. CPUs
     with AMX or AVX-512 BF16 units can (recent Xeons, AMD Zen 4 and later); the flags alone are
-    not enough, since a virtual machine may hide the units (README: on the machine of our
-    figures, AVX-512 BF16 without AMX was slower than float32). So: the flags, then a timing."""
+    not enough, since a virtual machine may hide the units (docs/performance.md: on one
+    Xeon, AVX-512 BF16 without AMX was slower than float32). So: the flags, then a timing."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line for line in f if line.startswith("flags")), "").split()
@@ -200,7 +200,7 @@ def keep_freed_memory():
     glibc's malloc gives each large block fresh pages from the kernel (mmap) and hands them back
     when the block is freed. A training step allocates and frees hundreds of MB of logits and
     gradients, so the kernel zeroes new pages over and over. Serving large blocks from the heap,
-    and never trimming it, avoids that (README, design notes). Memory use stays at its peak."""
+    and never trimming it, avoids that (docs/performance.md). Memory use stays at its peak."""
     if sys.platform != "linux":
         return
     try:

@@ -27,9 +27,9 @@ With --fsdp each process holds only a slice of the weights, gradients and AdamW'
 (shard.py), and checkpoints are folders of slices (out/ckpt.dcp).
     torchrun --standalone --nproc_per_node=4 train.py     4 GPUs (or CPU processes), one machine
     torchrun --standalone --nproc_per_node=4 train.py --fsdp          the same, sharded
-    (README: several machines; "Sharding")
+    (docs/guide.md: several machines; sharding)
 
-Read next: sample.py (using what you trained).
+Read next: shard.py, what --fsdp changes (then sample.py, using what you trained).
 """
 
 import argparse
@@ -91,7 +91,7 @@ class TrainConfig:
         "adamw", "adamw: AdamW for every weight; muon: Muon for the Linear layers' weights, AdamW "
         "for the rest (muon.py)")
     mask_prob: float = setting(0.3, "BERT: share of tokens chosen for prediction (BERT's "
-                               "paper: 0.15; README, \"A BERT that learns\")")
+                               "paper: 0.15; docs/bert.md)")
     mask_unit: Literal["tokens", "words"] = setting(
         "tokens", "BERT: hide tokens, or whole words (every piece of a word BPE splits)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
@@ -469,7 +469,7 @@ def check_settings(cfg, given):
                                   "needs whole ones: add --optimizer adamw")
     if cfg.fsdp and "RANK" not in os.environ:
         raise runtime.ConfigError("--fsdp shards the model across the processes that torchrun "
-                                  "starts: run train.py under torchrun (README, Sharding)")
+                                  "starts: run train.py under torchrun (docs/guide.md, Sharding)")
     for name in sorted(given.keys() & {"mask_prob", "mask_unit"}):  # a GPT would ignore them
         if cfg.model == "gpt":
             raise runtime.ConfigError(f"--{name} sets what a BERT hides; a GPT hides nothing: "

@@ -207,7 +207,7 @@ def test_each_sharded_process_holds_half_of_the_parameters_gradients_and_moments
     numel = sum(p.numel() for p in objective_for("gpt").Model(
         ModelConfig(**{**CONFIG, "n_embd": 64})).parameters())
     assert whole == {"parameters": 4 * numel, "gradients": 4 * numel, "optimizer": 8 * numel}
-    for rank in (0, 1):  # README, "Sharding": 1/N for N = 1, 2, 4 at GPT-2 sizes
+    for rank in (0, 1):  # docs/guide.md, "Sharding": 1/N for N = 1, 2, 4 at GPT-2 sizes
         for kind, n in two_processes[rank]["bytes"].items():  # give or take uneven slices' padding
             assert n == pytest.approx(whole[kind] / 2, rel=0.01), (rank, kind)
 
