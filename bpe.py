@@ -103,8 +103,8 @@ def train(counts, vocab_size):
             where[pair].add(w)
     heap = [(-n, pair) for pair, n in pairs.items()]  # the most frequent pair on top
     heapq.heapify(heap)
-    with tqdm(total=vocab_size - len(SPECIALS), initial=256, desc="training BPE",
-              unit="token") as bar:
+    with tqdm(total=vocab_size - len(SPECIALS), initial=256, desc="training BPE", unit="token",
+              disable=None) as bar:  # None: no bar where stderr is not a terminal (a log file)
         while len(vocab) < vocab_size - len(SPECIALS) and heap:
             n, pair = heapq.heappop(heap)
             if -n != pairs[pair]:

@@ -24,13 +24,17 @@ choosing between. A model that guesses uniformly over V tokens has loss ln(V) an
 perfect model has loss 0 and perplexity 1. train.py and sample.py report it over a whole split.
 
 `CLM` is this objective in the form the training loop and evaluation use; mlm.MLM has the same
-methods, so the loop never asks which model it trains.
+methods, so the loop never asks which model it trains. Its `loss` is the computation above: the
+logits of every position, then `clm_loss`. The model's head can compute the same number in one pass
+instead, a chunk of rows at a time, without ever holding all the logits (model.HeadLoss, train.py's
+--fused_head: docs/performance.md says what it saves); the tests prove the two equal.
 
 Try it:    python -m pytest tests/test_clm_mlm.py -k clm
 Read next: mlm.py (BERT's objective).
 """
 
 import math
+from dataclasses import dataclass
 
 import torch.nn.functional as F
 
@@ -49,15 +53,18 @@ def clm_loss(logits, targets):
     return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=IGNORE)
 
 
+@dataclass
 class CLM:
     """Causal LM as the loop sees it: batches from token blocks, the loss, what evaluation
     counts."""
 
+    fused: bool = False  # the loss by the model's head in one pass (model.HeadLoss)
     Model = GPT  # the model this objective trains
     causal = True  # it reads left to right, so it can continue a text (sample.py generates)
     defaults = {}  # settings that differ from the configs' defaults: none (GPT-2's choices)
     eval_overlap = 1  # evaluation blocks share one token: a block's first token is never a target
     head_fraction = 1.0  # the LM head scores every position (model.flops_per_token)
+    curves = ("train loss", "val loss")  # what the two lines of loss.svg measure
 
     def train_batch(self, tokens, generator=None):
         """(inputs, targets) from token blocks (B, T). Nothing is random: no generator is used."""
@@ -67,8 +74,12 @@ class CLM:
         return self.train_batch(tokens)
 
     def loss(self, model, inputs, targets):
-        """clm_loss(model(inputs), targets), computed by the model's head without ever holding all
-        of the logits (model.HeadLoss)."""
+        """The mean next-token cross-entropy of the model on inputs (B, T). Plain: the logits of
+        every position, then clm_loss. Fused: the same number (and gradients) from the model's
+        head, a chunk of rows at a time, without ever holding all the logits (model.HeadLoss)."""
+        if not self.fused:
+            logits = model(inputs)  # (B, T, V)
+            return clm_loss(logits, targets)
         return model(inputs, targets)
 
     metrics = ("loss",)  # what evaluation reports

@@ -138,7 +138,7 @@ def cleaned_stream(files, cleaner):
 
 
 def read_documents(files):
-    for path in tqdm(files, desc="cleaning", unit="file"):
+    for path in tqdm(files, desc="cleaning", unit="file", disable=None):
         try:
             yield from clean.documents(path)
         except UnicodeDecodeError:
@@ -164,9 +164,10 @@ def gpt2_tokenizer():
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as e:  # offline with no cached copy: requests/urllib errors from deep inside
-        raise DataError(f"cannot load tiktoken's GPT-2 encoding ({type(e).__name__}); connect to "
-                        f"the internet once, or set TIKTOKEN_CACHE_DIR to a folder holding its "
-                        f"files") from None
+        raise DataError(f"cannot load tiktoken's GPT-2 encoding ({type(e).__name__}): connect to "
+                        f"the internet once, or offline put GPT-2's vocab.bpe and encoder.json "
+                        f"into a folder under the names tiktoken gives them and set "
+                        f"TIKTOKEN_CACHE_DIR to it (docs/guide.md, Offline)") from None
 
 
 def tokenizer(vocab=None):
@@ -204,9 +205,9 @@ def tokenize_to_file(stream, path, enc):
     returns the number of tokens. Pieces are encoded a few MB at a time, in parallel (tiktoken's
     batch API)."""
     part = path.with_name(path.name + ".part")
-    with open(part, "wb") as f, tqdm(desc=f"tokenizing {path.name}", unit="tok",
-                                     unit_scale=True) as bar:
-        batch, chars = [], 0
+    with open(part, "wb") as f, tqdm(desc=f"tokenizing {path.name}", unit="tok", unit_scale=True,
+                                     disable=None) as bar:  # None: no bar in a log file
+        batch, chars, count = [], 0, 0
 
         def flush():
             texts = [item for item in batch if isinstance(item, str)]
@@ -216,15 +217,15 @@ def tokenize_to_file(stream, path, enc):
             np.array(ids, dtype=np.uint16).tofile(f)
             bar.update(len(ids))
             batch.clear()
+            return len(ids)
 
         for item in stream:
             batch.append(item)
             chars += len(item) if isinstance(item, str) else 0
             if chars >= TEXT_BATCH:
-                flush()
+                count += flush()
                 chars = 0
-        flush()
-        count = bar.n
+        count += flush()
     os.replace(part, path)  # a half-written .bin never has the final name
     return count
 
@@ -326,6 +327,16 @@ def get_batch(data, batch_size, block_size, generator):
     return read_blocks(data, starts.tolist(), block_size)
 
 
+def unigram_entropy(tokens, most=10_000_000):
+    """The loss of a model that knows only how often each token occurs: the entropy of the token
+    frequencies of a split (its first `most` tokens: plenty to know them), -sum p log p, in nats.
+    A masked LM learns exactly this first, and stays there until attention learns to use the
+    context (docs/bert.md); train.py ends with where a run stands against it."""
+    counts = np.bincount(tokens[:most]).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
 # 5. The exact evaluation pass ---------------------------------------------------------------------
 
 def eval_batches(n_tokens, block_size, batch_size, stride):
@@ -360,7 +371,7 @@ def evaluate(model, objective, tokens, batch_size, autocast, max_batches=0):
     model.eval()
     totals = torch.zeros(len(objective.metrics), 2, dtype=torch.float64, device=device)
     for i in tqdm(range(rank, len(plan) + (-len(plan)) % world, world), desc="evaluating",
-                  leave=False, disable=not runtime.is_main()):
+                  leave=False, disable=None if runtime.is_main() else True):
         starts, length = plan[min(i, len(plan) - 1)]
         inputs, targets = objective.eval_batch(read_blocks(tokens, starts, length), starts)
         inputs, targets = runtime.to_device(inputs, device), runtime.to_device(targets, device)

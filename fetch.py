@@ -99,7 +99,7 @@ def download_file(url, dest, timeout=30, retries=3):
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as f:
                 total = int(response.headers.get("Content-Length", 0)) or None
-                with tqdm(total=total, unit="B", unit_scale=True,
+                with tqdm(total=total, unit="B", unit_scale=True, disable=None,
                           desc=f"downloading {dest.name}") as bar:
                     while chunk := response.read(1 << 20):
                         f.write(chunk)

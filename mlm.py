@@ -123,6 +123,7 @@ class MLM:
     mask_prob: float = 0.3  # share of the ordinary tokens chosen in training (as train.py's)
     eot_id: int = EOT_ID  # the tokenizer's <|endoftext|>: the ordinary tokens are the ids below
     edges: tuple = None  # word_edges(enc): hide whole words in training (evaluation: tokens)
+    fused: bool = False  # the loss by the model's head in one pass (model.HeadLoss)
     Model = BERT  # the model this objective trains (a class attribute, not a field)
     causal = False  # it reads both ways: it fills in [MASK]s instead (sample.py's fill-mask)
     # What a BERT run starts from unless a flag says otherwise (docs/bert.md tells why):
@@ -143,6 +144,11 @@ class MLM:
     def head_fraction(self):
         return self.mask_prob  # the sparse head scores only the chosen positions
 
+    @property
+    def curves(self):  # what the two lines of loss.svg measure: not the same masks
+        return (f"train loss ({self.mask_prob:.0%} of tokens chosen)",
+                f"val loss (fixed {EVAL_MASK_PROB:.0%} masks)")
+
     def train_batch(self, tokens, generator):
         return mask_tokens(tokens, generator, self.mask_prob, eot_id=self.eot_id, edges=self.edges)
 
@@ -155,7 +161,13 @@ class MLM:
         return tuple(torch.cat(parts) for parts in zip(*rows))  # (inputs, targets), each (B, T)
 
     def loss(self, model, inputs, targets):
-        """mlm_loss over the chosen positions, through the sparse head and model.HeadLoss."""
+        """The mean cross-entropy at the chosen positions (targets not IGNORE). Plain: the sparse
+        head's logits at those positions only, then mlm_loss. Fused: the same number (and
+        gradients) from the head in one pass (model.HeadLoss)."""
+        if not self.fused:
+            chosen = targets != IGNORE  # (B, T)
+            logits = model(inputs, positions=chosen)  # (N, V): the N chosen positions only
+            return mlm_loss(logits, targets[chosen])
         return model(inputs, targets=targets)
 
     metrics = ("loss", "mask_loss")  # what evaluation reports
@@ -171,6 +183,9 @@ class MLM:
                 "mask_loss": (losses[at_mask].sum().item(), at_mask.sum().item())}
 
     def describe(self, metrics):
+        """The evaluation line. Its "pseudo-perplexity" is exp(MLM loss): a perplexity's formula
+        on masked-LM losses, which predict hidden tokens from both sides, so it does not compare
+        with a GPT's perplexity (nor with Salazar et al.'s, which hides one token at a time)."""
         loss, at_mask = metrics["loss"], metrics["mask_loss"]
-        return (f"MLM loss {loss:.4f} (pseudo-perplexity {math.exp(loss):.1f}), "
+        return (f"MLM loss {loss:.4f} (pseudo-perplexity, its exp: {math.exp(loss):.1f}), "
                 f"at [MASK] only {at_mask:.4f}")

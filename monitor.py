@@ -12,7 +12,9 @@ learning rate, gradient norm, tokens/s, MFU, skipped steps, val loss); this file
 Read next: checkpoint.py.
 """
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -39,8 +41,53 @@ def print_start(run, splits, cfg, device, dtype, world):
         f"processes = {B * T * accum * world:,}; optimizer: {cfg.optimizer}")
 
 
-def print_end(run, cfg, metrics, seconds, checkpoint):
-    """Where a session ended, the last val metrics, and where its outputs went."""
+def print_settings(configs, given, source):
+    """The settings that differ from the defaults `--help` shows, by where they came from: the
+    command line, or source (a --model's own defaults, or a resumed run's checkpoint)."""
+    differ = {f.name: getattr(c, f.name) for c in configs for f in dataclasses.fields(c)
+              if getattr(c, f.name) != f.default}
+    for where, names in ((source, [k for k in differ if k not in given]),
+                         ("the command line", [k for k in differ if k in given])):
+        if names:
+            runtime.say(f"settings from {where}: " + " ".join(flag(k, differ[k]) for k in names))
+    if not differ:
+        runtime.say("settings: the defaults (python train.py --help lists them)")
+
+
+def flag(name, value):
+    """A setting as it is written on the command line."""
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no-{name}"
+    return f"--{name} {value}"
+
+
+def plateau_hint(loss, entropy):
+    """Where a val loss stands against the unigram plateau: the loss of a model that knows only
+    how often each token occurs (data.unigram_entropy). A nat below it, the model gives the right
+    token e times the probability that frequencies alone give: it has begun to use the context."""
+    if loss > entropy - 1:
+        return (f"plateau: val loss {loss:.2f} against {entropy:.2f}, the loss of knowing only how "
+                f"often each token occurs: the model knows token frequencies only so far, and "
+                f"fill-mask and samples answer frequent tokens until the loss drops below "
+                f"~{entropy - 1:.1f} (docs/bert.md)")
+    return (f"plateau: val loss {loss:.2f}, {entropy - loss:.2f} below {entropy:.2f}, the loss of "
+            f"knowing only how often each token occurs: the model uses the context")
+
+
+def stopped(reason, step, path, saved):
+    """The one line a run that stops early ends with: why, and what to do next."""
+    go_on = f"{path} holds step {saved}: go on from there with --init_from resume" if saved \
+        else "no checkpoint was written yet: start again"
+    if isinstance(reason, KeyboardInterrupt):
+        return runtime.UserError(f"interrupted during step {step + 1}; {go_on}")
+    return runtime.UserError(f"{reason} at step {step + 1}: training diverged, and nothing was "
+                             f"saved from it; {go_on}, with a lower --lr or a longer "
+                             f"--warmup_steps (or --dtype bfloat16 instead of float16)")
+
+
+def print_end(run, cfg, metrics, seconds, checkpoint, entropy):
+    """Where a session ended, the last val metrics against the unigram plateau (entropy), and
+    where its outputs went."""
     over = "the whole val split" if cfg.eval_iters == 0 else f"the first {cfg.eval_iters} batches"
     skipped = f"; {run.skipped_steps} steps skipped by the fp16 loss scaler" \
         if run.scaler.is_enabled() else ""
@@ -48,6 +95,7 @@ def print_end(run, cfg, metrics, seconds, checkpoint):
     runtime.say(f"done: step {run.step}, {run.tokens:,} tokens seen, {seconds:.0f} s in this "
                 f"session\n"
         f"val {run.objective.describe(metrics)} (over {over}){skipped}\n"
+        f"{plateau_hint(metrics['loss'], entropy)}\n"
         f"checkpoint: {checkpoint}\nlog: {out_dir / 'log.jsonl'}\n"
         f"loss curve: {out_dir / 'loss.svg'}")
 
@@ -88,23 +136,35 @@ def start_log(path, step):
     return records
 
 
-def append(records, record, out_dir, title):
+def append(records, record, out_dir, title, labels):
     """Add one step's record to the log, and redraw the curve when it holds a val loss."""
     records.append(record)
     with open(out_dir / "log.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
     if "val_loss" in record:
-        write_svg(records, out_dir / "loss.svg", title)
+        write_svg(records, out_dir / "loss.svg", title, labels)
 
 
-def write_svg(records, path, title):
-    """The loss curves as an SVG picture: train loss at every step, val loss at each evaluation."""
+def ticks(lo, hi, most=6):
+    """Round values for an axis that shows lo to hi: steps of 1, 2 or 5 times a power of ten,
+    at most `most` of them, the first at or below lo and the last at or above hi."""
+    hi = hi if hi > lo else lo + 1
+    power = 10 ** math.floor(math.log10((hi - lo) / most))  # a step of `power` is too fine
+    for step in (m * power for m in (1, 2, 5, 10, 20, 50)):  # the finest step that fits
+        first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)  # in steps
+        if last - first + 1 <= most:
+            return [round(i * step, 10) for i in range(first, last + 1)]
+
+
+def write_svg(records, path, title, labels=("train loss", "val loss")):
+    """The loss curves as an SVG picture: train loss at every step, val loss at each evaluation;
+    labels say what each measures (for BERT: the training masks, and the fixed ones of val)."""
     W, H, left, right, top, bottom = 720, 420, 64, 24, 40, 48
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-    x_max = max(s for s, _ in train + val)
-    y_lo, y_hi = min(v for _, v in train + val), max(v for _, v in train + val)
-    y_lo, y_hi = (y_lo - 0.5, y_hi + 0.5) if y_hi - y_lo < 1e-9 else (y_lo, y_hi)
+    x_ticks = ticks(0, max(s for s, _ in train + val))
+    y_ticks = ticks(min(v for _, v in train + val), max(v for _, v in train + val))
+    x_max, y_lo, y_hi = x_ticks[-1], y_ticks[0], y_ticks[-1]
 
     def x(step):
         return round(left + (W - left - right) * step / x_max, 1)
@@ -119,11 +179,10 @@ def write_svg(records, path, title):
     svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
            f'font-family="sans-serif" font-size="12"><rect width="{W}" height="{H}" fill="white"/>',
            text(W / 2, 22, title, text_anchor="middle", font_size=14)]
-    for i in range(6):  # grid lines with their values
-        loss, step = y_lo + (y_hi - y_lo) * i / 5, round(x_max * i / 5)
+    for loss in y_ticks:  # grid lines with their values
         svg += [f'<line x1="{x(0)}" y1="{y(loss)}" x2="{x(x_max)}" y2="{y(loss)}" stroke="#ddd"/>',
-                text(x(0) - 6, y(loss) + 4, f"{loss:.2f}", text_anchor="end"),
-                text(x(step), y(y_lo) + 18, str(step), text_anchor="middle")]
+                text(x(0) - 6, y(loss) + 4, f"{loss:g}", text_anchor="end")]
+    svg += [text(x(step), y(y_lo) + 18, f"{step:g}", text_anchor="middle") for step in x_ticks]
     svg += [text(W / 2, H - 8, "step", text_anchor="middle"),
             text(16, H / 2, "loss (nats/token)", transform=f"rotate(-90 16 {H / 2})",
                  text_anchor="middle")]
@@ -132,6 +191,6 @@ def write_svg(records, path, title):
         svg.append(f'<polyline fill="none" stroke="{color}" stroke-width="{width}" '
                    f'points="{coordinates}"/>')
     svg += [f'<circle cx="{x(s)}" cy="{y(v)}" r="3" fill="#ee6677"/>' for s, v in val]
-    svg += [text(W - right - 150, top + 16, "train loss", fill="#4477aa"),
-            text(W - right - 150, top + 32, "val loss", fill="#ee6677"), "</svg>"]
+    svg += [text(W - right - 8, top + 16, labels[0], fill="#4477aa", text_anchor="end"),
+            text(W - right - 8, top + 32, labels[1], fill="#ee6677", text_anchor="end"), "</svg>"]
     path.write_text("\n".join(svg))

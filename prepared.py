@@ -9,6 +9,7 @@ tokenizes.
     val, whether it was cleaned, the size of a trained tokenizer. `plan` compares it with what the
     folder remembers and says whether to tokenize; a folder never silently changes corpus
     (`check_same_source`), and a text that moved away leaves its .bin files usable;
+  * which tokenizer a run asks a folder for (`tokenizer_size`): a prepared folder keeps its own;
   * --text's files, checked (`text_files`); the cleaning report (`report_cleaning`);
   * the spool: your cleaned text kept in a file while a tokenizer trains on its first part, so
     that it is cleaned only once (`write_spool`, `read_spool`).
@@ -60,6 +61,22 @@ def plan(data_dir, text, *, val_fraction, clean_text, vocab_size, wikitext):
         print(f"data: {data_dir}/*.bin are up to date")
         return old, None, None
     return old, source, files
+
+
+def tokenizer_size(cfg, given):
+    """The tokenizer train.py prepares cfg.data_dir with (None: GPT-2's), given the flags of the
+    command line. A folder already prepared keeps the
+    one it was made with, unless --tokenizer_size asks for another size (data.prepare then
+    tokenizes it again), so `--model bert --data_dir data/wikitext-2` trains on GPT-2's tokens as
+    they are. A trained folder cannot go back to GPT-2's: asking for that is refused."""
+    meta = read_meta(cfg.data_dir)
+    if meta is not None and "tokenizer_size" not in given:
+        return None
+    if meta is not None and not cfg.tokenizer_size and "vocab_size" in meta["source"]:
+        raise runtime.ConfigError(f"--tokenizer_size 0: --data_dir {cfg.data_dir} holds the tokens "
+                                  f"of a trained tokenizer ({meta['tokenizer']}); prepare GPT-2's "
+                                  f"in a folder of its own (another --data_dir)")
+    return cfg.tokenizer_size or None
 
 
 def write_meta(data_dir, enc, tokens, source, seconds):

@@ -12,7 +12,13 @@ One optimizer step, as `loop` runs it:
   5. monitoring: loss, learning rate, gradient norm, tokens/s, MFU, skipped steps; a NaN stops
      the run; evaluation on the validation split; a checkpoint that makes resuming exact.
 The objective (clm.CLM for GPT, mlm.MLM for BERT) makes the batches and the loss; the loop is the
-same for both.
+same for both. The loss is the objective's lesson, the logits and then clm_loss or mlm_loss;
+--fused_head computes the same number in the model's head, with less memory (model.HeadLoss).
+
+Before the loop, `train` sets a run up in this order: the data, the model, the processes it runs in
+(one, or torchrun's), the optimizer, and a resumed run's state. The settings are the fields of
+config.py's TrainConfig and model.py's ModelConfig; a run prints those that differ from the
+defaults of `--help`, and ends saying where its loss stands.
 
 Run:
     python train.py                         GPT on WikiText-2 (fetched on first use), into out/
@@ -32,14 +38,11 @@ With --fsdp each process holds only a slice of the weights, gradients and AdamW'
 Read next: shard.py, what --fsdp changes (then sample.py, using what you trained).
 """
 
-import argparse
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -52,81 +55,14 @@ import prepared
 import runtime
 import shard
 from adamw import AdamW
-from checkpoint import GPT2_PATH, CheckpointError, checkpoint_path, fit_vocabulary
+from checkpoint import CheckpointError, checkpoint_path, fit_vocabulary
 from checkpoint import load_checkpoint, load_gpt2, load_model
 from checkpoint import gather_rng, lock, objective_for, save_checkpoint, set_rng_state
+from config import TrainConfig, check_settings, fresh_configs, parse_args, resume_configs
 from mlm import word_edges
-from model import ModelConfig, check, check_choices, flops_per_token, param_groups
-from model import setting
+from model import flops_per_token, param_groups
 from muon import Muon
 from runtime import say
-
-
-@dataclass
-class TrainConfig:
-    model: Literal["gpt", "bert"] = setting("gpt", "gpt: causal LM (clm.py); bert: masked LM")
-    data_dir: str = setting(data.WIKITEXT_DIR, "the corpus's .bin files (data.py prepares them)")
-    tokenizer_size: int = setting(0, "0: GPT-2's tokenizer; N: one of N ids trained on the "
-                                  "training text (bpe.py), for a --data_dir not yet prepared")
-    text: str = setting("", "your own .txt file or folder, instead of WikiText-2")
-    no_clean: bool = setting(False, "--text as it is: no cleaning or deduplication (clean.py)")
-    out_dir: str = setting("out", "where ckpt.pt, log.jsonl and loss.svg go")
-    init_from: Literal["scratch", "resume", "gpt2"] = setting(
-        "scratch", "resume: out_dir/ckpt.pt; gpt2: OpenAI's weights")
-    gpt2_path: str = setting(GPT2_PATH, "GPT-2's weights for --init_from gpt2")
-    max_steps: int = setting(600, "optimizer steps; the learning-rate schedule ends here")
-    stop_at: int = setting(0, "end this session after this step (0: at max_steps)")
-    batch_size: int = setting(16, "sequences per micro-batch (per process)")
-    grad_accum_steps: int = setting(1, "micro-batches per optimizer step")
-    lr: float = setting(2e-3, "peak learning rate")
-    min_lr: float = setting(2e-4, "learning rate reached at max_steps (Chinchilla: lr / 10)")
-    warmup_steps: int = setting(30, "steps of linear warmup from lr / warmup_steps to lr")
-    decay: Literal["cosine", "linear"] = setting("cosine", "shape of the decay to min_lr")
-    weight_decay: float = setting(0.1, "AdamW's decoupled decay, on matrices only")
-    beta1: float = setting(0.9, "AdamW: averaging of gradients")
-    beta2: float = setting(0.95, "AdamW: averaging of squared gradients (GPT-3: 0.95)")
-    eps: float = setting(1e-8, "AdamW: keeps the division finite")
-    grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: no clipping)")
-    optimizer: Literal["adamw", "muon"] = setting(
-        "adamw", "adamw: AdamW for every weight; muon: Muon for the Linear layers' weights, AdamW "
-        "for the rest (muon.py)")
-    mask_prob: float = setting(0.3, "BERT: share of tokens chosen for prediction (BERT's "
-                               "paper: 0.15; docs/bert.md)")
-    mask_unit: Literal["tokens", "words"] = setting(
-        "tokens", "BERT: hide tokens, or whole words (every piece of a word BPE splits)")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
-        "auto", "auto: bfloat16 where fast (recent GPUs, some CPUs), else float16 on GPUs, "
-        "float32 on CPUs")
-    device: Literal["auto", "cpu", "cuda", "mps"] = setting("auto", "auto: cuda, mps, then cpu")
-    eval_interval: int = setting(200, "evaluate every this many steps, and at the end")
-    eval_iters: int = setting(0, "batches per evaluation (0: the whole val split, exactly)")
-    ckpt_interval: int = setting(200, "write ckpt.pt every this many steps, and at the end")
-    seed: int = setting(1337, "initial weights, data order, dropout")
-    compile: bool = setting(False, "torch.compile the model (pays off on GPUs, big models)")
-    fsdp: bool = setting(False, "under torchrun: shard weights, gradients and AdamW's moments "
-                         "across the processes (shard.py) instead of copying them (DDP)")
-
-    def __post_init__(self):
-        check_choices(self)
-        for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_interval",
-                     "ckpt_interval"):
-            check(getattr(self, name) >= 1, name, getattr(self, name), "must be at least 1")
-        for name in ("tokenizer_size", "stop_at", "warmup_steps", "eval_iters", "weight_decay",
-                     "grad_clip"):
-            check(getattr(self, name) >= 0, name, getattr(self, name), "must not be negative")
-        check(self.lr > 0, "lr", self.lr, "must be positive")
-        check(0 <= self.min_lr <= self.lr, "min_lr", self.min_lr, f"must be in [0, --lr {self.lr}]")
-        check(self.stop_at <= self.max_steps, "stop_at", self.stop_at, f"is past --max_steps "
-              f"{self.max_steps}, where the schedule ends: raise --max_steps to train longer")
-        check(self.warmup_steps <= self.max_steps, "warmup_steps", self.warmup_steps,
-              f"must not exceed --max_steps {self.max_steps}")
-        for name in ("beta1", "beta2"):
-            check(0 <= getattr(self, name) < 1, name, getattr(self, name), "must be in [0, 1)")
-        check(self.eps > 0, "eps", self.eps, "must be positive")
-        check(0 < self.mask_prob < 1, "mask_prob", self.mask_prob, "must be between 0 and 1")
-
-
-MODEL_FIELDS, TRAIN_FIELDS = ModelConfig.__dataclass_fields__, TrainConfig.__dataclass_fields__
 
 
 @dataclass
@@ -149,17 +85,19 @@ class Run:
 
 def main(argv=None):
     given = parse_args(argv)  # {name: value} of the flags on the command line
-    out_dir = given.get("out_dir", TRAIN_FIELDS["out_dir"].default)
+    out_dir = given.get("out_dir", TrainConfig.out_dir)
     checkpoint, path = None, checkpoint_path(out_dir)  # ckpt.pt, or ckpt.dcp (--fsdp)
     if given.get("init_from") == "resume":
         checkpoint = load_checkpoint(path, tensors=False)  # a sharded run loads only its slices
         mcfg, cfg = resume_configs(checkpoint, given, out_dir)
+        if "model" not in checkpoint and not cfg.fsdp:  # a sharded run's, resumed whole
+            checkpoint = load_checkpoint(path)
         if checkpoint["step"] >= (cfg.stop_at or cfg.max_steps):
             print(f"{path} is at step {checkpoint['step']} already: nothing to do (raise "
                   f"--max_steps to train further)")
             return
     else:
-        mcfg, cfg = make_configs({**objective_for(given.get("model", "gpt")).defaults, **given})
+        mcfg, cfg = fresh_configs(given)  # the defaults, a --model's own, the flags
         if path.exists():
             raise CheckpointError(f"{path} exists: continue it with --init_from resume, or train "
                                   f"into another --out_dir (nothing trained is overwritten)")
@@ -179,47 +117,70 @@ def main(argv=None):
 
 
 def train(mcfg, cfg, checkpoint, device, dtype, given):
-    """Set up a run (data, model, optimizer, counters: fresh or from the checkpoint), then loop."""
-    rank, world = runtime.rank_and_world()
-    if rank == 0:
-        data.prepare(cfg.data_dir, cfg.text or None, clean_text=False if cfg.no_clean else None,
-                     vocab_size=tokenizer_size(cfg, given))
-    if world > 1:
-        dist.barrier()  # the others wait until rank 0 has prepared the data
-    mcfg, eot_id = fit_vocabulary(mcfg, cfg, checkpoint, given)
-    splits = {split: data.open_split(cfg.data_dir, split) for split in ("train", "val")}
-    torch.manual_seed(cfg.seed)  # the same initial weights in every process...
-    edges = None  # where words begin, for a BERT that hides whole words
-    if cfg.mask_unit == "words":
-        edges = word_edges(data.tokenizer(data.read_vocab(cfg.data_dir)))
-    objective = objective_for(cfg.model, cfg.mask_prob, eot_id, edges)
-    if checkpoint is not None and "model" not in checkpoint and not cfg.fsdp:
-        checkpoint = load_checkpoint(checkpoint["sharded"])  # a sharded run's slices, made whole
-    if checkpoint is not None and "model" in checkpoint:
-        raw, *_ = load_model(checkpoint, mcfg)
-    elif cfg.init_from == "gpt2":
-        raw = load_gpt2(cfg.gpt2_path, mcfg.block_size, mcfg.dropout)
-    else:  # (a sharded run that resumes loads its slices once it is sharded: restore_run)
-        raw = objective.Model(mcfg)
-    raw.to(device)
-    if cfg.fsdp:
-        shard.wrap(raw, device, dtype)  # its parameters are now slices: the optimizer comes after
+    """Set up a run, then loop: the data, the model, the processes it runs in, the optimizer, and
+    a resumed run's state."""
+    resumed = checkpoint is not None
+    monitor.print_settings((mcfg, cfg), given,
+                           "the checkpoint" if resumed else f"--model {cfg.model}")
+    splits, objective, mcfg = open_data(mcfg, cfg, checkpoint, given)
+    torch.manual_seed(cfg.seed)  # the same initial weights in every process
+    raw = new_model(objective, mcfg, cfg, checkpoint).to(device)
+    model = distribute(raw, cfg, device, dtype)  # the model as each process trains it
     muon = cfg.optimizer == "muon"
     optimizer = (Muon if muon else AdamW)(param_groups(raw, cfg.weight_decay, muon=muon),
                                           lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     # Loss scaling (fp16 only): fp16 flushes gradients below ~6e-8 to zero. Multiplying the loss
     # by a large factor S lifts them into range; unscale_ divides by S before the update.
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    torch.manual_seed(cfg.seed + rank)  # ...but each process its own dropout masks
+    rank = runtime.rank_and_world()[0]
+    torch.manual_seed(cfg.seed + rank)  # each process its own dropout masks...
     generator = torch.Generator().manual_seed(cfg.seed + rank)  # ...and its own batches
-    model = torch.compile(raw) if cfg.compile else raw
-    if world > 1 and not cfg.fsdp:
-        model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
-                                        else None)
     run = Run(model, optimizer, scaler, objective, generator)
-    if checkpoint is not None:
+    if resumed:
         restore_run(run, checkpoint, cfg)
     loop(run, splits, cfg, device, dtype)
+
+
+def open_data(mcfg, cfg, checkpoint, given):
+    """(the train and val splits as memory maps, the objective, the model config): the data
+    prepared by one process while the others wait, and what its tokenizer asks of the model (its
+    vocabulary) and of the objective (where <|endoftext|> is, where words begin)."""
+    rank, world = runtime.rank_and_world()
+    if rank == 0:
+        data.prepare(cfg.data_dir, cfg.text or None, clean_text=False if cfg.no_clean else None,
+                     vocab_size=prepared.tokenizer_size(cfg, given))
+    if world > 1:
+        dist.barrier()
+    mcfg, eot_id = fit_vocabulary(mcfg, cfg, checkpoint, given)
+    splits = {split: data.open_split(cfg.data_dir, split) for split in ("train", "val")}
+    edges = None  # where words begin, for a BERT that hides whole words
+    if cfg.mask_unit == "words":
+        edges = word_edges(data.tokenizer(data.read_vocab(cfg.data_dir)))
+    return splits, objective_for(cfg.model, cfg.mask_prob, eot_id, edges, cfg.fused_head), mcfg
+
+
+def new_model(objective, mcfg, cfg, checkpoint):
+    """The model to train, on the CPU: the checkpoint's weights, GPT-2's, or fresh ones. (A
+    sharded run that resumes loads its slices once it is sharded: restore_run.)"""
+    if checkpoint is not None and "model" in checkpoint:
+        return load_model(checkpoint, mcfg)[0]
+    if cfg.init_from == "gpt2":
+        return load_gpt2(cfg.gpt2_path, mcfg.block_size, mcfg.dropout)
+    return objective.Model(mcfg)
+
+
+def distribute(raw, cfg, device, dtype):
+    """The model as train_step calls it. One process: the model itself (compiled with
+    --compile). Under torchrun, data parallel: a whole copy in every process, whose gradients DDP
+    averages; or with --fsdp, a slice of every weight in each (shard.wrap, in place: the optimizer,
+    made after this, then holds the slices)."""
+    if cfg.fsdp:
+        shard.wrap(raw, device, dtype)
+    model = torch.compile(raw) if cfg.compile else raw
+    if runtime.rank_and_world()[1] > 1 and not cfg.fsdp:
+        model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
+                                        else None)
+    return model
 
 
 def loop(run, splits, cfg, device, dtype):
@@ -237,7 +198,7 @@ def loop(run, splits, cfg, device, dtype):
     records = monitor.start_log(out_dir / "log.jsonl", run.step) if runtime.is_main() else []
     saved = run.step  # the step of the checkpoint on disk (0: none yet)
     bar = tqdm(total=stop, initial=run.step, desc=f"training {cfg.model}", unit="step",
-               disable=not runtime.is_main())
+               disable=None if runtime.is_main() else True)  # None: no bar in a log file
     try:
         while run.step < stop:
             t0 = time.perf_counter()
@@ -258,7 +219,8 @@ def loop(run, splits, cfg, device, dtype):
                 record.update({f"val_{k}": v for k, v in metrics.items() if k != "tokens"},
                               val_ppl=math.exp(metrics["loss"]))
             if runtime.is_main():
-                monitor.append(records, record, out_dir, f"{name} on {cfg.data_dir}")
+                monitor.append(records, record, out_dir, f"{name} on {cfg.data_dir}",
+                               run.objective.curves)
             if run.step % cfg.ckpt_interval == 0 or run.step == stop:
                 save_run(out_dir, run, cfg)
                 saved = run.step
@@ -266,20 +228,10 @@ def loop(run, splits, cfg, device, dtype):
             bar.set_postfix_str(f"loss {loss:.3f}, lr {lr:.1e}, {tokens_per_s:,.0f} tok/s" + (
                 f", {run.skipped_steps} skipped" if run.scaler.is_enabled() else ""))
     except (FloatingPointError, KeyboardInterrupt) as e:
-        raise stopped(e, run.step, checkpoint_path(out_dir), saved) from None
+        raise monitor.stopped(e, run.step, checkpoint_path(out_dir), saved) from None
     bar.close()
-    monitor.print_end(run, cfg, metrics, time.time() - start_time, checkpoint_path(out_dir))
-
-
-def stopped(reason, step, path, saved):
-    """The one line a run that stops early ends with: why, and what to do next."""
-    go_on = f"{path} holds step {saved}: go on from there with --init_from resume" if saved \
-        else "no checkpoint was written yet: start again"
-    if isinstance(reason, KeyboardInterrupt):
-        return runtime.UserError(f"interrupted during step {step + 1}; {go_on}")
-    return runtime.UserError(f"{reason} at step {step + 1}: training diverged, and nothing was "
-                             f"saved from it; {go_on}, with a lower --lr or a longer "
-                             f"--warmup_steps (or --dtype bfloat16 instead of float16)")
+    monitor.print_end(run, cfg, metrics, time.time() - start_time, checkpoint_path(out_dir),
+                      data.unigram_entropy(splits["train"]))
 
 
 def next_batch(run, tokens, B, T, device):
@@ -288,21 +240,6 @@ def next_batch(run, tokens, B, T, device):
     inputs, targets = run.objective.train_batch(data.get_batch(tokens, B, T, run.generator),
                                                 run.generator)
     return runtime.to_device(inputs, device), runtime.to_device(targets, device)
-
-
-def tokenizer_size(cfg, given):
-    """The tokenizer to prepare data_dir with (None: GPT-2's). A folder already prepared keeps the
-    one it was made with, unless --tokenizer_size asks for another size (data.prepare then
-    tokenizes it again), so `--model bert --data_dir data/wikitext-2` trains on GPT-2's tokens as
-    they are. A trained folder cannot go back to GPT-2's: asking for that is refused."""
-    meta = prepared.read_meta(cfg.data_dir)
-    if meta is not None and "tokenizer_size" not in given:
-        return None
-    if meta is not None and not cfg.tokenizer_size and "vocab_size" in meta["source"]:
-        raise runtime.ConfigError(f"--tokenizer_size 0: --data_dir {cfg.data_dir} holds the tokens "
-                                  f"of a trained tokenizer ({meta['tokenizer']}); prepare GPT-2's "
-                                  f"in a folder of its own (another --data_dir)")
-    return cfg.tokenizer_size or None
 
 
 def train_step(run, micro_batches, grad_clip, autocast):
@@ -415,70 +352,6 @@ def restore_run(run, checkpoint, cfg):
         say(f"note: the checkpoint was written by {len(checkpoint['rng'])} processes, now "
             f"{world}: the data order is drawn afresh")
         run.generator.manual_seed(hash((cfg.seed, rank, run.step)))
-
-
-def resume_configs(checkpoint, given, out_dir):
-    """The configs of a resumed run: the checkpoint's, with the flags given on top (and checked
-    only then: --max_steps 20 is fine for a run that warms up for 10 steps). A model flag that
-    would change the trained model is refused, with every difference listed; so is another
-    --optimizer, whose saved state would not fit."""
-    saved_model, saved_train = checkpoint["model_config"], checkpoint["train_config"]
-    switches = ("explicit_attention", "grad_checkpointing")  # how to compute, not what: free
-    diffs = [f"--{k} {given[k]} (checkpoint: {v})" for k, v in saved_model.items()
-             if k in given and k not in switches and given[k] != v]
-    # (a checkpoint from before --optimizer gets TrainConfig's default, AdamW, as make_configs does)
-    for key, saved in (("model", saved_train["model"]),
-                       ("optimizer", saved_train.get("optimizer",
-                                                     TRAIN_FIELDS["optimizer"].default))):
-        if given.get(key, saved) != saved:
-            diffs.append(f"--{key} {given[key]} (checkpoint: {saved})")
-    if diffs:
-        raise CheckpointError(f"cannot resume: the checkpoint's run differs from the flags: "
-                              f"{'; '.join(diffs)}")
-    session = {"stop_at": 0, "out_dir": out_dir}  # not kept from the last session
-    return make_configs({**saved_model, **saved_train, **session, **given})
-
-
-# The command line: the fields of ModelConfig and TrainConfig become --flags ----------------------
-
-def parse_args(argv=None):
-    """{name: value} of the flags given: main makes the configs from them (with the defaults, or
-    with a checkpoint's settings). Defaults and help texts live in the dataclasses' fields
-    (model.setting); BERT starts from a few defaults of its own (mlm.MLM.defaults)."""
-    parser = runtime.Parser(prog="train.py", description="Pretrain a GPT or a BERT.",
-                            argument_default=argparse.SUPPRESS)
-    bert = {k: f"with --model bert: {v}" for k, v in objective_for("bert").defaults.items()}
-    for cls in (ModelConfig, TrainConfig):
-        parser.add_config(cls, bert)
-    return vars(parser.parse_args(argv))  # only the flags on the command line
-
-
-def make_configs(settings):
-    """(ModelConfig, TrainConfig) from {name: value}; a value they refuse is a ConfigError."""
-    try:
-        return (ModelConfig(**{k: v for k, v in settings.items() if k in MODEL_FIELDS}),
-                TrainConfig(**{k: v for k, v in settings.items() if k in TRAIN_FIELDS}))
-    except ValueError as e:
-        raise runtime.ConfigError(str(e)) from None
-
-
-def check_settings(cfg, given):
-    """Refuse settings that cannot work together, in one line that names the flags."""
-    if cfg.fsdp and cfg.optimizer == "muon":
-        raise runtime.ConfigError("--fsdp leaves each process a slice of every matrix, and Muon "
-                                  "needs whole ones: add --optimizer adamw")
-    if cfg.fsdp and "RANK" not in os.environ:
-        raise runtime.ConfigError("--fsdp shards the model across the processes that torchrun "
-                                  "starts: run train.py under torchrun (docs/guide.md, Sharding)")
-    for name in sorted(given.keys() & {"mask_prob", "mask_unit"}):  # a GPT would ignore them
-        if cfg.model == "gpt":
-            raise runtime.ConfigError(f"--{name} sets what a BERT hides; a GPT hides nothing: "
-                                      f"add --model bert, or leave --{name} out")
-    architecture = {"vocab_size", "n_layer", "n_head", "n_embd", "bias"}
-    if cfg.init_from == "gpt2" and (cfg.model != "gpt" or given.keys() & architecture):
-        raise runtime.ConfigError("--init_from gpt2 takes its architecture from GPT-2's weights: "
-                                  "use --model gpt and no --vocab_size/--n_layer/--n_head/--n_embd/"
-                                  "--bias (--block_size may shorten it)")
 
 
 if __name__ == "__main__":

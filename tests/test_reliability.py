@@ -329,7 +329,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_leaves_no_temporary_file(corp
                        f"--init_from resume")
     monkeypatch.undo()
     assert load_checkpoint(tmp_path / "ckpt.pt")["step"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "log.jsonl", "run.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "log.jsonl"]
 
 
 def small_run(corpus, out_dir, *flags):
@@ -350,8 +350,8 @@ def wait_for(condition, seconds=60):
         time.sleep(0.05)
 
 
-def test_a_second_run_on_a_busy_out_dir_is_refused_and_the_first_completes(corpus, tmp_path,
-                                                                          flags_of):
+def test_a_busy_out_dir_is_refused_and_the_first_run_ends_leaving_clean_output_and_no_lock(
+        corpus, tmp_path, flags_of):
     first = launch(corpus, tmp_path, "--max_steps", "100", "--ckpt_interval", "1")  # busy a while
     try:
         wait_for(lambda: (tmp_path / "ckpt.pt").exists())
@@ -362,6 +362,10 @@ def test_a_second_run_on_a_busy_out_dir_is_refused_and_the_first_completes(corpu
         assert first.wait(timeout=120) == 0, first.stderr.read()
     assert [r["step"] for r in log(tmp_path)] == list(range(1, 101))
     assert load_checkpoint(tmp_path / "ckpt.pt")["step"] == 100
+    assert not (tmp_path / "run.lock").exists()  # the lock went with the run
+    # stderr to a pipe, not a terminal: no progress bar redrawn with \r or cursor moves (ESC [A)
+    written = first.stderr.read()
+    assert "\x1b" not in written and "\r" not in written, repr(written[:300])
 
 
 def test_killed_at_random_moments_a_run_resumes_to_the_unbroken_result(corpus, tmp_path):

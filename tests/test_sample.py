@@ -247,8 +247,8 @@ def test_perplexity_of_a_text_is_the_exact_mean_next_token_loss(checkpoints, cap
     expected = sum(losses) / len(losses)
     found = re.search(r"(\d+) predicted; loss ([\d.]+), perplexity ([\d.]+)", printed)
     assert int(found[1]) == len(ids) - 1
-    # The program's loss comes from the fused head (model.HeadLoss), this one from the full
-    # logits: equal up to float32 rounding, far below the printed digits' meaning.
+    # The program scores the windows in one batch (data.evaluate), this test one at a time:
+    # equal up to float32 rounding, far below the printed digits' meaning.
     assert float(found[2]) == pytest.approx(expected, abs=2e-4)
     assert float(found[3]) == pytest.approx(math.exp(expected), rel=2e-4)
 

@@ -5,21 +5,26 @@ checkpoints and diverging runs stop with a clear message."""
 import io
 import json
 import math
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+import config
 import data
+import monitor
 import runtime
 import train
 from adamw import AdamW
-from checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from checkpoint import CheckpointError, load_checkpoint, objective_for, save_checkpoint
 from clm import CLM, clm_loss
+from mlm import MLM
 from model import GPT, ModelConfig, param_groups
 from muon import Muon, orthogonalize
 
@@ -225,6 +230,31 @@ def test_accumulated_gradients_equal_one_big_batch():
         assert results[k][1] == pytest.approx(results[1][1], rel=1e-5)
         for a, b in zip(results[k][2], results[1][2]):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["gpt", "bert"])
+def test_the_plain_loss_and_the_fused_head_take_the_same_training_step(kind):
+    """train_step with the objective's plain loss (the logits, then clm_loss or mlm_loss, as the
+    lessons write them) and with the fused head (model.HeadLoss): the same loss, gradient norm and
+    gradients, over two micro-batches."""
+    torch.manual_seed(0)
+    model = objective_for(kind).Model(ModelConfig(vocab_size=320, block_size=16, n_layer=2,
+                                                  n_head=2, n_embd=32))
+    g = torch.Generator().manual_seed(1)
+    batches = [objective_for(kind, eot_id=318).train_batch(torch.randint(0, 318, (4, 16),
+                                                                         generator=g), g)
+               for _ in range(2)]
+    seen = {}
+    for fused in (False, True):
+        opt = GradientRecorder(param_groups(model, 0.1))
+        run = train.Run(model, opt, torch.amp.GradScaler("cpu", enabled=False),
+                        objective_for(kind, eot_id=318, fused=fused), torch.Generator())
+        loss, norm, _ = train.train_step(run, batches, 0, torch.autocast("cpu", enabled=False))
+        seen[fused] = (loss, norm, opt.seen)
+    assert seen[True][0] == pytest.approx(seen[False][0], rel=1e-6)
+    assert seen[True][1] == pytest.approx(seen[False][1], rel=1e-5)
+    for fused_grad, plain_grad in zip(seen[True][2], seen[False][2]):
+        torch.testing.assert_close(fused_grad, plain_grad, atol=1e-6, rtol=1e-4)
 
 
 def test_clipping_caps_the_global_norm_and_reports_the_norm_before():
@@ -457,8 +487,80 @@ def test_a_short_run_monitors_every_step_and_learns(corpus, tmp_path, kind, caps
     first, last = sum(r["loss"] for r in records[:5]) / 5, sum(r["loss"] for r in records[-5:]) / 5
     assert last < first - 1.0  # the loss falls
     assert records[14]["val_loss"] > records[29]["val_loss"]
-    assert ET.parse(tmp_path / "loss.svg").getroot().tag == "{http://www.w3.org/2000/svg}svg"
+    svg = ET.parse(tmp_path / "loss.svg").getroot()
+    assert svg.tag == "{http://www.w3.org/2000/svg}svg"
+    texts = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")]
+    if kind == "bert":  # the two curves measure different masks, and say so
+        assert "train loss (30% of tokens chosen)" in texts
+        assert "val loss (fixed 15% masks)" in texts
     assert load_checkpoint(tmp_path / "ckpt.pt")["train_config"]["model"] == kind
+
+
+def printed_settings(line):
+    """{name: value} of a printed settings line: --name value, --name (True), --no-name (False)."""
+    found = {}
+    for flag in line.split(": ", 1)[1].split(" --"):
+        name, _, value = flag.removeprefix("--").partition(" ")
+        found[name.removeprefix("no-")] = "False" if name.startswith("no-") else value or "True"
+    return found
+
+
+def test_a_run_says_which_settings_it_applied_and_where_its_loss_stands(corpus, tmp_path, capsys):
+    given = ["--data_dir", corpus, "--out_dir", str(tmp_path), *TINY, "--model", "bert",
+             "--max_steps", "5"]
+    runtime.run_program(train.main, given)
+    lines = capsys.readouterr().out.splitlines()
+    brought = next(line for line in lines if line.startswith("settings from --model bert: "))
+    typed = next(line for line in lines if line.startswith("settings from the command line: "))
+    brought, typed = printed_settings(brought), printed_settings(typed)
+    for name, value in MLM.defaults.items():  # each of BERT's own defaults, unless a flag said
+        if f"--{name}" in given:
+            assert name in typed and name not in brought
+        else:
+            assert brought[name] == str(value), name
+    assert typed["max_steps"] == "5" and typed["model"] == "bert"
+    # the unigram plateau: the entropy of the train split's token frequencies, in nats
+    counts = np.unique(np.fromfile(Path(corpus) / "train.bin", dtype=np.uint16),
+                       return_counts=True)[1]
+    p = counts / counts.sum()
+    entropy = -(p * np.log(p)).sum()
+    plateau = next(line for line in lines if line.startswith("plateau: "))
+    assert f"against {entropy:.2f}, the loss of knowing only how often each token occurs" in plateau
+    val = float(re.search(r"val loss (\d+\.\d+)", plateau)[1])
+    assert val == pytest.approx(log(tmp_path)[-1]["val_loss"], abs=0.005)
+    assert f"below ~{entropy - 1:.1f}" in plateau  # 5 steps: on the plateau yet
+    assert not (tmp_path / "run.lock").exists()  # and a run that ended leaves no lock behind
+
+
+@pytest.mark.parametrize("model, steps", [("bert", 50), ("bert", 10), ("gpt", 20)])
+def test_a_run_shorter_than_its_default_warmup_warms_up_for_the_default_runs_share(model, steps,
+                                                                                  capsys):
+    defaults = {"warmup_steps": config.TrainConfig.warmup_steps,
+                "max_steps": config.TrainConfig.max_steps, **objective_for(model).defaults}
+    warmup = max(1, round(steps * defaults["warmup_steps"] / defaults["max_steps"]))  # BERT: 1
+    _, cfg = config.fresh_configs({"model": model, "max_steps": steps})
+    assert cfg.warmup_steps == warmup and cfg.max_steps == steps
+    assert f"--warmup_steps {warmup}: the default {defaults['warmup_steps']} would not fit" in \
+        capsys.readouterr().out
+    # a run long enough keeps the default; a warmup given on the command line is kept, and checked
+    assert config.fresh_configs({"model": model})[1].warmup_steps == defaults["warmup_steps"]
+    with pytest.raises(runtime.ConfigError, match=f"--warmup_steps {steps + 1}: must not exceed "
+                                                  f"--max_steps {steps}"):
+        config.fresh_configs({"model": model, "max_steps": steps, "warmup_steps": steps + 1})
+
+
+@pytest.mark.parametrize("lo, hi", [(9.78, 10.88), (4.86, 7.02), (0, 600), (0, 4200),
+                                    (0.0312, 0.0329), (3.0, 3.0)])
+def test_the_loss_plot_puts_its_ticks_at_round_values(lo, hi):
+    found = monitor.ticks(lo, hi)
+    step = found[1] - found[0]
+    mantissa = step / 10 ** math.floor(math.log10(step))
+    assert any(math.isclose(mantissa, m) for m in (1, 2, 5))  # 1, 2 or 5 times a power of ten
+    assert all(math.isclose(b - a, step) for a, b in zip(found, found[1:]))
+    assert all(abs(t / step - round(t / step)) < 1e-6 for t in found)  # each a multiple of it
+    assert found[0] <= lo and found[-1] >= hi and 2 <= len(found) <= 6
+    if (lo, hi) == (9.78, 10.88):
+        assert found == [9.5, 10.0, 10.5, 11.0]  # worked out by hand
 
 
 def test_every_setting_has_a_help_text(capsys, monkeypatch):

@@ -7,7 +7,9 @@ Rows, each measured in a fresh process so that its peak memory is its own:
   * a model step (forward, backward, AdamW) of GPT and BERT, at the default size and at
     GPT-2-124M size, with the fused attention kernel (SDPA) and with explicit attention, and for
     BERT with the sparse MLM head (only the chosen positions are scored) and the dense one; and
-    BERT's default step with Muon (muon.py), its default optimizer, for what Muon costs;
+    BERT's default step with Muon (muon.py), its default optimizer, for what Muon costs; and the
+    default steps with the loss by the fused head (model.HeadLoss, train.py's --fused_head)
+    instead of plain (the logits, then the objective's loss), for what fusing saves;
   * one optimizer step alone: the hand-written AdamW (adamw.py) against torch.optim.AdamW;
   * the three matrix products of the default GPT's LM head (the logits, and the gradients of the
     features and of the embedding), against a square product (2,048 x 2,048 by 2,048 x 2,048):
@@ -38,6 +40,7 @@ Read next: docs/performance.md, what the rows show.
 """
 
 import argparse
+import dataclasses
 import json
 import resource
 import socket
@@ -73,10 +76,13 @@ SIZES = {  # (model config, batch size on a CPU, batch size on a GPU)
 ROWS = {  # name: what to measure
     "train gpt default sdpa": dict(task="train", model="gpt", size="default"),
     "train gpt default explicit": dict(task="train", model="gpt", size="default", explicit=True),
+    "train gpt default fused-head": dict(task="train", model="gpt", size="default", fused=True),
     "train bert default sparse-head": dict(task="train", model="bert", size="default"),
     "train bert default dense-head": dict(task="train", model="bert", size="default", dense=True),
     "train bert default sparse-head muon": dict(task="train", model="bert", size="default",
                                                 muon=True),
+    "train bert default sparse-head muon fused-head": dict(task="train", model="bert",
+                                                           size="default", muon=True, fused=True),
     "train gpt gpt2-124M sdpa": dict(task="train", model="gpt", size="gpt2-124M"),
     "train gpt gpt2-124M explicit": dict(task="train", model="gpt", size="gpt2-124M",
                                          explicit=True),
@@ -151,8 +157,10 @@ def build(row, device):
 
 
 def bench_train(row, device, dtype):
-    """One model step: forward and loss under autocast, backward, AdamW (or Muon)."""
+    """One model step: forward and loss under autocast, backward, AdamW (or Muon). The loss
+    plain (the logits, then clm_loss or mlm_loss), or by the fused head (model.HeadLoss)."""
     model, objective, B = build(row, device)
+    objective = dataclasses.replace(objective, fused=row.get("fused", False))
     T = model.config.block_size
     muon = row.get("muon", False)
     optimizer = (Muon if muon else AdamW)(param_groups(model, 0.1, muon=muon), lr=1e-4)

@@ -1,0 +1,179 @@
+"""
+config.py: a training run's settings, as data. Not a lesson: it takes train.py's configuration out
+of the file that teaches the loop.
+
+  * `TrainConfig`: every setting of the loop with its default and its help text (model.py's
+    `ModelConfig` holds the model's), checked when made, so a bad value fails before any work;
+  * the command line made from the two dataclasses' fields (`parse_args`): one list of names and
+    defaults, and no flag that the code does not read; BERT starts from defaults of its own
+    (mlm.MLM.defaults);
+  * the configs of a fresh run (`fresh_configs`: the defaults, a --model's own, the flags given;
+    a default warmup too long for a short run shrinks with it) and of a resumed one
+    (`resume_configs`: the checkpoint's settings, with the flags given on top);
+  * the settings that cannot work together, refused in one line (`check_settings`).
+
+Try it:    python train.py --help
+Read next: train.py.
+"""
+
+import argparse
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import data
+import runtime
+from checkpoint import GPT2_PATH, CheckpointError, objective_for
+from model import ModelConfig, check, check_choices, setting
+
+
+@dataclass
+class TrainConfig:
+    model: Literal["gpt", "bert"] = setting("gpt", "gpt: causal LM (clm.py); bert: masked LM")
+    data_dir: str = setting(data.WIKITEXT_DIR, "the corpus's .bin files (data.py prepares them)")
+    tokenizer_size: int = setting(0, "0: GPT-2's tokenizer; N: one of N ids trained on the "
+                                  "training text (bpe.py), for a --data_dir not yet prepared")
+    text: str = setting("", "your own .txt file or folder, instead of WikiText-2")
+    no_clean: bool = setting(False, "--text as it is: no cleaning or deduplication (clean.py)")
+    out_dir: str = setting("out", "where ckpt.pt, log.jsonl and loss.svg go")
+    init_from: Literal["scratch", "resume", "gpt2"] = setting(
+        "scratch", "resume: out_dir/ckpt.pt; gpt2: OpenAI's weights")
+    gpt2_path: str = setting(GPT2_PATH, "GPT-2's weights for --init_from gpt2")
+    max_steps: int = setting(600, "optimizer steps; the learning-rate schedule ends here")
+    stop_at: int = setting(0, "end this session after this step (0: at max_steps)")
+    batch_size: int = setting(16, "sequences per micro-batch (per process)")
+    grad_accum_steps: int = setting(1, "micro-batches per optimizer step")
+    lr: float = setting(2e-3, "peak learning rate")
+    min_lr: float = setting(2e-4, "learning rate reached at max_steps (Chinchilla: lr / 10)")
+    warmup_steps: int = setting(30, "steps of linear warmup from lr / warmup_steps to lr")
+    decay: Literal["cosine", "linear"] = setting("cosine", "shape of the decay to min_lr")
+    weight_decay: float = setting(0.1, "AdamW's decoupled decay, on matrices only")
+    beta1: float = setting(0.9, "AdamW: averaging of gradients")
+    beta2: float = setting(0.95, "AdamW: averaging of squared gradients (GPT-3: 0.95)")
+    eps: float = setting(1e-8, "AdamW: keeps the division finite")
+    grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: no clipping)")
+    optimizer: Literal["adamw", "muon"] = setting(
+        "adamw", "adamw: AdamW for every weight; muon: Muon for the Linear layers' weights, AdamW "
+        "for the rest (muon.py)")
+    mask_prob: float = setting(0.3, "BERT: share of tokens chosen for prediction (BERT's "
+                               "paper: 0.15; docs/bert.md)")
+    mask_unit: Literal["tokens", "words"] = setting(
+        "tokens", "BERT: hide tokens, or whole words (every piece of a word BPE splits)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
+        "auto", "auto: bfloat16 where fast (recent GPUs, some CPUs), else float16 on GPUs, "
+        "float32 on CPUs")
+    device: Literal["auto", "cpu", "cuda", "mps"] = setting("auto", "auto: cuda, mps, then cpu")
+    eval_interval: int = setting(200, "evaluate every this many steps, and at the end")
+    eval_iters: int = setting(0, "batches per evaluation (0: the whole val split, exactly)")
+    ckpt_interval: int = setting(200, "write ckpt.pt every this many steps, and at the end")
+    seed: int = setting(1337, "initial weights, data order, dropout")
+    compile: bool = setting(False, "torch.compile the model (pays off on GPUs, big models)")
+    fused_head: bool = setting(False, "the LM head and its loss in one pass, a chunk of rows at a "
+                               "time (model.HeadLoss): the same loss and gradients without "
+                               "holding all the logits (docs/performance.md)")
+    fsdp: bool = setting(False, "under torchrun: shard weights, gradients and AdamW's moments "
+                         "across the processes (shard.py) instead of copying them (DDP)")
+
+    def __post_init__(self):
+        check_choices(self)
+        for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_interval",
+                     "ckpt_interval"):
+            check(getattr(self, name) >= 1, name, getattr(self, name), "must be at least 1")
+        for name in ("tokenizer_size", "stop_at", "warmup_steps", "eval_iters", "weight_decay",
+                     "grad_clip"):
+            check(getattr(self, name) >= 0, name, getattr(self, name), "must not be negative")
+        check(self.lr > 0, "lr", self.lr, "must be positive")
+        check(0 <= self.min_lr <= self.lr, "min_lr", self.min_lr, f"must be in [0, --lr {self.lr}]")
+        check(self.stop_at <= self.max_steps, "stop_at", self.stop_at, f"is past --max_steps "
+              f"{self.max_steps}, where the schedule ends: raise --max_steps to train longer")
+        check(self.warmup_steps <= self.max_steps, "warmup_steps", self.warmup_steps,
+              f"must not exceed --max_steps {self.max_steps}")
+        for name in ("beta1", "beta2"):
+            check(0 <= getattr(self, name) < 1, name, getattr(self, name), "must be in [0, 1)")
+        check(self.eps > 0, "eps", self.eps, "must be positive")
+        check(0 < self.mask_prob < 1, "mask_prob", self.mask_prob, "must be between 0 and 1")
+
+
+MODEL_FIELDS, TRAIN_FIELDS = ModelConfig.__dataclass_fields__, TrainConfig.__dataclass_fields__
+
+
+# A fresh run, a resumed run, and the command line ------------------------------------------------
+
+def resume_configs(checkpoint, given, out_dir):
+    """The configs of a resumed run: the checkpoint's, with the flags given on top (and checked
+    only then: --max_steps 20 is fine for a run that warms up for 10 steps). A model flag that
+    would change the trained model is refused, with every difference listed; so is another
+    --optimizer, whose saved state would not fit."""
+    saved_model, saved_train = checkpoint["model_config"], checkpoint["train_config"]
+    switches = ("explicit_attention", "grad_checkpointing")  # how to compute, not what: free
+    diffs = [f"--{k} {given[k]} (checkpoint: {v})" for k, v in saved_model.items()
+             if k in given and k not in switches and given[k] != v]
+    # (a checkpoint from before --optimizer gets TrainConfig's default, AdamW, as make_configs does)
+    for key, saved in (("model", saved_train["model"]),
+                       ("optimizer", saved_train.get("optimizer",
+                                                     TRAIN_FIELDS["optimizer"].default))):
+        if given.get(key, saved) != saved:
+            diffs.append(f"--{key} {given[key]} (checkpoint: {saved})")
+    if diffs:
+        raise CheckpointError(f"cannot resume: the checkpoint's run differs from the flags: "
+                              f"{'; '.join(diffs)}")
+    session = {"stop_at": 0, "out_dir": out_dir}  # not kept from the last session
+    return make_configs({**saved_model, **saved_train, **session, **given})
+
+
+def parse_args(argv=None):
+    """{name: value} of the flags given: main makes the configs from them (with the defaults, or
+    with a checkpoint's settings). Defaults and help texts live in the dataclasses' fields
+    (model.setting); BERT starts from a few defaults of its own (mlm.MLM.defaults)."""
+    parser = runtime.Parser(prog="train.py", description="Pretrain a GPT or a BERT.",
+                            argument_default=argparse.SUPPRESS)
+    bert = {k: f"with --model bert: {v}" for k, v in objective_for("bert").defaults.items()}
+    for cls in (ModelConfig, TrainConfig):
+        parser.add_config(cls, bert)
+    return vars(parser.parse_args(argv))  # only the flags on the command line
+
+
+def fresh_configs(given):
+    """The configs of a new run: the defaults, a --model's own on top (mlm.MLM.defaults), then the
+    flags given. A run shorter than its default warmup (--model bert --max_steps 50, and BERT's
+    100 steps of warmup) warms up for the same share of its steps as the default run, and says so;
+    a --warmup_steps given is kept as it is, and checked."""
+    defaults = {"warmup_steps": TrainConfig.warmup_steps, "max_steps": TrainConfig.max_steps,
+                **objective_for(given.get("model", "gpt")).defaults}
+    settings = {**defaults, **given}
+    if "warmup_steps" not in given and 0 < settings["max_steps"] < settings["warmup_steps"]:
+        share = defaults["warmup_steps"] / defaults["max_steps"]  # BERT: 100 of 4,200 steps
+        settings["warmup_steps"] = max(1, round(share * settings["max_steps"]))
+        runtime.say(f"--warmup_steps {settings['warmup_steps']}: the default "
+                    f"{defaults['warmup_steps']} would not fit in --max_steps "
+                    f"{settings['max_steps']}, so the run warms up for the default run's share of "
+                    f"its steps ({defaults['warmup_steps']} of {defaults['max_steps']:,})")
+    return make_configs(settings)
+
+
+def make_configs(settings):
+    """(ModelConfig, TrainConfig) from {name: value}; a value they refuse is a ConfigError."""
+    try:
+        return (ModelConfig(**{k: v for k, v in settings.items() if k in MODEL_FIELDS}),
+                TrainConfig(**{k: v for k, v in settings.items() if k in TRAIN_FIELDS}))
+    except ValueError as e:
+        raise runtime.ConfigError(str(e)) from None
+
+
+def check_settings(cfg, given):
+    """Refuse settings that cannot work together, in one line that names the flags."""
+    if cfg.fsdp and cfg.optimizer == "muon":
+        raise runtime.ConfigError("--fsdp leaves each process a slice of every matrix, and Muon "
+                                  "needs whole ones: add --optimizer adamw")
+    if cfg.fsdp and "RANK" not in os.environ:
+        raise runtime.ConfigError("--fsdp shards the model across the processes that torchrun "
+                                  "starts: run train.py under torchrun (docs/guide.md, Sharding)")
+    for name in sorted(given.keys() & {"mask_prob", "mask_unit"}):  # a GPT would ignore them
+        if cfg.model == "gpt":
+            raise runtime.ConfigError(f"--{name} sets what a BERT hides; a GPT hides nothing: "
+                                      f"add --model bert, or leave --{name} out")
+    architecture = {"vocab_size", "n_layer", "n_head", "n_embd", "bias"}
+    if cfg.init_from == "gpt2" and (cfg.model != "gpt" or given.keys() & architecture):
+        raise runtime.ConfigError("--init_from gpt2 takes its architecture from GPT-2's weights: "
+                                  "use --model gpt and no --vocab_size/--n_layer/--n_head/--n_embd/"
+                                  "--bias (--block_size may shorten it)")
