@@ -44,8 +44,10 @@ class TrainConfig:
     batch_size: int = setting(16, "sequences per micro-batch (per process)")
     grad_accum_steps: int = setting(1, "micro-batches per optimizer step")
     lr: float = setting(2e-3, "peak learning rate")
-    min_lr: float = setting(2e-4, "learning rate reached at max_steps (Chinchilla: lr / 10)")
-    warmup_steps: int = setting(30, "steps of linear warmup from lr / warmup_steps to lr")
+    min_lr: float = setting(2e-4, "learning rate reached at max_steps (Chinchilla: lr / 10); with "
+                            "an --lr below it, a tenth of that --lr")
+    warmup_steps: int = setting(30, "steps of linear warmup from lr / warmup_steps to lr; with a "
+                                "--max_steps below it, the same share of --max_steps")
     decay: Literal["cosine", "linear"] = setting("cosine", "shape of the decay to min_lr")
     weight_decay: float = setting(0.1, "AdamW's decoupled decay, on matrices only")
     beta1: float = setting(0.9, "AdamW: averaging of gradients")
@@ -135,19 +137,23 @@ def parse_args(argv=None):
 
 def fresh_configs(given):
     """The configs of a new run: the defaults, a --model's own on top (mlm.MLM.defaults), then the
-    flags given. A run shorter than its default warmup (--model bert --max_steps 50, and BERT's
-    100 steps of warmup) warms up for the same share of its steps as the default run, and says so;
-    a --warmup_steps given is kept as it is, and checked."""
-    defaults = {"warmup_steps": TrainConfig.warmup_steps, "max_steps": TrainConfig.max_steps,
-                **objective_for(given.get("model", "gpt")).defaults}
+    flags given. A default that does not fit the flags given follows them, and the run says so:
+    a run shorter than its default warmup (--model bert --max_steps 50, and BERT's 100 steps of
+    warmup) warms up for the default run's share of its steps; an --lr below the default
+    --min_lr decays to the default's share of it (a tenth). A flag given is kept, and checked."""
+    defaults = {name: getattr(TrainConfig, name) for name in ("warmup_steps", "max_steps",
+                                                               "min_lr", "lr")}
+    defaults.update(objective_for(given.get("model", "gpt")).defaults)
     settings = {**defaults, **given}
-    if "warmup_steps" not in given and 0 < settings["max_steps"] < settings["warmup_steps"]:
-        share = defaults["warmup_steps"] / defaults["max_steps"]  # BERT: 100 of 4,200 steps
-        settings["warmup_steps"] = max(1, round(share * settings["max_steps"]))
-        runtime.say(f"--warmup_steps {settings['warmup_steps']}: the default "
-                    f"{defaults['warmup_steps']} would not fit in --max_steps "
-                    f"{settings['max_steps']}, so the run warms up for the default run's share of "
-                    f"its steps ({defaults['warmup_steps']} of {defaults['max_steps']:,})")
+    for name, of in (("warmup_steps", "max_steps"), ("min_lr", "lr")):  # name must not exceed of
+        if name in given or settings[name] <= settings[of] or not settings[of] > 0:
+            continue
+        value = defaults[name] / defaults[of] * settings[of]  # BERT: 100 of 4,200 steps; lr / 10
+        value = max(1, round(value)) if name == "warmup_steps" else value
+        runtime.say(f"--{name} {value:g}: the default {defaults[name]:g} does not fit --{of} "
+                    f"{settings[of]:g}, so it keeps the default's share of --{of} "
+                    f"({defaults[name]:g} of {defaults[of]:g})")
+        settings[name] = value
     return make_configs(settings)
 
 

@@ -93,7 +93,7 @@ def refusal(argv, program, expected, flags_of):
 NEEDS_NO_DATA = [  # (flags, what the message must say)
     (["--stop_at", "900"], "--stop_at 900: is past --max_steps 600"),
     (["--lr", "-0.001"], "--lr -0.001: must be positive"),
-    (["--lr", "1e-5"], "--min_lr 0.0002: must be in [0, --lr 1e-05]"),
+    (["--lr", "1e-5", "--min_lr", "2e-4"], "--min_lr 0.0002: must be in [0, --lr 1e-05]"),
     (["--warmup_steps", "700"], "--warmup_steps 700: must not exceed --max_steps 600"),
     (["--mask_prob", "0"], "--mask_prob 0.0: must be between 0 and 1"),
     (["--mask_prob", "2"], "--mask_prob 2.0: must be between 0 and 1"),

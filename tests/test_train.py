@@ -532,21 +532,27 @@ def test_a_run_says_which_settings_it_applied_and_where_its_loss_stands(corpus, 
     assert not (tmp_path / "run.lock").exists()  # and a run that ended leaves no lock behind
 
 
-@pytest.mark.parametrize("model, steps", [("bert", 50), ("bert", 10), ("gpt", 20)])
-def test_a_run_shorter_than_its_default_warmup_warms_up_for_the_default_runs_share(model, steps,
-                                                                                  capsys):
-    defaults = {"warmup_steps": config.TrainConfig.warmup_steps,
-                "max_steps": config.TrainConfig.max_steps, **objective_for(model).defaults}
-    warmup = max(1, round(steps * defaults["warmup_steps"] / defaults["max_steps"]))  # BERT: 1
-    _, cfg = config.fresh_configs({"model": model, "max_steps": steps})
-    assert cfg.warmup_steps == warmup and cfg.max_steps == steps
-    assert f"--warmup_steps {warmup}: the default {defaults['warmup_steps']} would not fit" in \
+@pytest.mark.parametrize("model, flag, value", [
+    ("bert", "max_steps", 50), ("bert", "max_steps", 10), ("gpt", "max_steps", 20),
+    ("gpt", "lr", 1e-4), ("bert", "lr", 2e-4)])
+def test_a_default_that_does_not_fit_the_flags_given_keeps_its_share(model, flag, value, capsys):
+    """--max_steps 20 with the default 30 steps of warmup, --lr 1e-4 with the default min_lr 2e-4:
+    the default keeps its share of the default run (the warmup rounded to a whole step, at least
+    one), and the run says so. Given on the command line, the same value is refused."""
+    defaults = {name: getattr(config.TrainConfig, name) for name in ("warmup_steps", "max_steps",
+                                                                       "min_lr", "lr")}
+    defaults.update(objective_for(model).defaults)
+    name = {"max_steps": "warmup_steps", "lr": "min_lr"}[flag]
+    expected = value * defaults[name] / defaults[flag]  # BERT: 100 warmup steps of 4,200
+    expected = max(1, round(expected)) if name == "warmup_steps" else expected
+    _, cfg = config.fresh_configs({"model": model, flag: value})
+    assert getattr(cfg, name) == pytest.approx(expected) and getattr(cfg, flag) == value
+    assert f"--{name} {expected:g}: the default {defaults[name]:g} does not fit" in \
         capsys.readouterr().out
-    # a run long enough keeps the default; a warmup given on the command line is kept, and checked
-    assert config.fresh_configs({"model": model})[1].warmup_steps == defaults["warmup_steps"]
-    with pytest.raises(runtime.ConfigError, match=f"--warmup_steps {steps + 1}: must not exceed "
-                                                  f"--max_steps {steps}"):
-        config.fresh_configs({"model": model, "max_steps": steps, "warmup_steps": steps + 1})
+    # a default that fits is kept; a value given on the command line is kept, and checked
+    assert getattr(config.fresh_configs({"model": model})[1], name) == defaults[name]
+    with pytest.raises(runtime.ConfigError, match=f"--{name} "):
+        config.fresh_configs({"model": model, flag: value, name: defaults[name]})
 
 
 @pytest.mark.parametrize("lo, hi", [(9.78, 10.88), (4.86, 7.02), (0, 600), (0, 4200),
