@@ -8,7 +8,8 @@ tokenizes.
   * the source: WikiText-2's files or your own text, each file's SHA-256, the share held out for
     val, whether it was cleaned, the size of a trained tokenizer. `plan` compares it with what the
     folder remembers and says whether to tokenize; a folder never silently changes corpus
-    (`check_same_source`), and a text that moved away leaves its .bin files usable;
+    (`check_same_source`) or tokenizer (`check_same_tokenizer`), and a text that moved away leaves
+    its .bin files usable;
   * which tokenizer a run asks a folder for (`tokenizer_size`): a prepared folder keeps its own;
   * --text's files, checked (`text_files`); the cleaning report (`report_cleaning`);
   * the spool: your cleaned text kept in a file while a tokenizer trains on its first part, so
@@ -19,6 +20,7 @@ Read next: data.py.
 """
 
 import json
+import re
 from pathlib import Path
 
 import clean
@@ -36,6 +38,7 @@ def plan(data_dir, text, *, val_fraction, clean_text, vocab_size, wikitext):
     old = read_meta(data_dir)
     remembered = old["source"] if old else {}
     text = check_same_source(data_dir, remembered, text)
+    check_same_tokenizer(data_dir, old, vocab_size)
     ready = old is not None and complete(data_dir, old)
     if text and not Path(text).exists() and ready:  # the text moved; what was made from it stays
         print(f"data: {text} is gone; using the .bin files prepared from it in {data_dir}/")
@@ -65,10 +68,9 @@ def plan(data_dir, text, *, val_fraction, clean_text, vocab_size, wikitext):
 
 def tokenizer_size(cfg, given):
     """The tokenizer train.py prepares cfg.data_dir with (None: GPT-2's), given the flags of the
-    command line. A folder already prepared keeps the
-    one it was made with, unless --tokenizer_size asks for another size (data.prepare then
-    tokenizes it again), so `--model bert --data_dir data/wikitext-2` trains on GPT-2's tokens as
-    they are. A trained folder cannot go back to GPT-2's: asking for that is refused."""
+    command line. A folder already prepared keeps the one it was made with, so `--model bert
+    --data_dir data/wikitext-2` trains on GPT-2's tokens as they are; asking it for another is
+    refused (check_same_tokenizer), and so is asking a trained folder for GPT-2's."""
     meta = read_meta(cfg.data_dir)
     if meta is not None and "tokenizer_size" not in given:
         return None
@@ -116,6 +118,20 @@ def check_same_source(data_dir, remembered, text):
         raise DataError(f"--data_dir {data_dir} holds {held}; prepare --text {text} in a folder "
                         f"of its own: --data_dir {elsewhere}")
     return text or remembered.get("text")
+
+
+def check_same_tokenizer(data_dir, meta, vocab_size):
+    """A prepared folder keeps its tokenizer. Asking it for another (--tokenizer_size) is refused
+    before anything is written: tokenized again in place, it would strand every checkpoint
+    trained on its tokens. Another tokenizer goes into a folder of its own."""
+    if meta is None or not vocab_size or vocab_size == meta["source"].get("vocab_size"):
+        return
+    size = f"{vocab_size // 1024}k" if vocab_size % 1024 == 0 else str(vocab_size)
+    elsewhere = re.sub(r"-bpe\d+k?$", "", str(data_dir)) + f"-bpe{size}"
+    raise runtime.ConfigError(f"--tokenizer_size {vocab_size}: --data_dir {data_dir} holds the "
+                              f"tokens of {meta['tokenizer']}, and checkpoints trained on them "
+                              f"need them as they are: prepare it into a folder of its own, "
+                              f"--data_dir {elsewhere}")
 
 
 def check_vocab_size(n):

@@ -228,6 +228,42 @@ def test_a_folder_refuses_a_corpus_it_does_not_hold(flags_of, corpus, tmp_path):
     assert prepared.read_meta(tmp_path / "wiki")["source"]["wikitext"]  # still WikiText-2
 
 
+def test_a_prepared_folder_is_byte_identical_after_every_refused_command(flags_of, corpus,
+                                                                         tmp_path):
+    """Another tokenizer (by data.py, by a fresh run, by a resumed one), GPT-2's for a trained
+    folder, another corpus, a vocabulary too small: each refused in one line, and the folders'
+    files (the .bin files, meta.json, the tokenizer) are byte for byte as they were."""
+    gpt2, small = corpus / "prepared", corpus / "small"  # GPT-2's tokens; a 300-id tokenizer's
+
+    def files():
+        return {p: p.read_bytes() for folder in (gpt2, small) for p in sorted(folder.iterdir())}
+
+    before = files()
+    (tmp_path / "mine.txt").write_text("Another text entirely. " * 200, encoding="utf-8")
+    shutil.copytree(corpus / "out", tmp_path / "resumed")  # a checkpoint trained on gpt2's tokens
+    out = ["--out_dir", str(tmp_path / "out"), *TINY]
+    other = f"holds the tokens of gpt2, and checkpoints trained on them need them as they are"
+    for argv, program, expected in [
+        (["--data_dir", str(gpt2), "--tokenizer_size", "400"], "data.py",
+         f"--tokenizer_size 400: --data_dir {gpt2} {other}: prepare it into a folder of its own, "
+         f"--data_dir {gpt2}-bpe400"),
+        (["--data_dir", str(gpt2), "--tokenizer_size", "1024", *out], "train.py",
+         f"--data_dir {gpt2}-bpe1k"),
+        (["--init_from", "resume", "--out_dir", str(tmp_path / "resumed"), "--data_dir", str(gpt2),
+          "--tokenizer_size", "400", "--max_steps", "2"], "train.py", other),
+        (["--data_dir", str(small), "--tokenizer_size", "512", *out], "train.py",
+         f"--tokenizer_size 512: --data_dir {small} holds the tokens of bpe-"),
+        (["--model", "bert", "--data_dir", str(small), "--tokenizer_size", "0", *out], "train.py",
+         f"--tokenizer_size 0: --data_dir {small} holds the tokens of a trained tokenizer"),
+        (["--data_dir", str(gpt2), "--text", str(tmp_path / "mine.txt")], "data.py",
+         f"--data_dir {gpt2} holds {corpus / 'text.txt'}"),
+        (["--data_dir", str(gpt2), "--vocab_size", "1000", *out], "train.py",
+         "--vocab_size 1000: gpt2's 50,257 ids"),
+    ]:
+        refusal(argv, program, expected, flags_of)
+        assert files() == before, f"{program} {argv} changed a prepared folder"
+
+
 def test_a_prepared_folder_trains_after_its_text_moved(tmp_path):
     (tmp_path / "notes.txt").write_text("Notes about birds and trees. " * 300, encoding="utf-8")
     data.prepare(tmp_path / "prepared", text=str(tmp_path / "notes.txt"), clean_text=False)
