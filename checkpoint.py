@@ -17,7 +17,6 @@ checks, and turns it into a model again.
 Read next: sample.py.
 """
 
-import contextlib
 import dataclasses
 import os
 import random
@@ -30,6 +29,7 @@ import torch.distributed as dist
 import data
 import fetch
 import prepared
+import runtime
 import shard
 from clm import CLM
 from mlm import MLM
@@ -54,46 +54,13 @@ def objective_for(kind, mask_prob=MLM.mask_prob, eot_id=EOT_ID, edges=None, fuse
     return CLM(fused) if kind == "gpt" else MLM(mask_prob, eot_id, edges, fused)
 
 
-@contextlib.contextmanager
 def lock(out_dir):
     """Hold out_dir/run.lock while a run writes into out_dir; a second run there is refused with
-    the first one's process id. The lock is the kernel's (flock): it ends with its process, even
-    one killed by kill -9, so a stale file never blocks anyone. A run that ends removes the file.
-    (Not on Windows: no flock.)"""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    path = Path(out_dir) / "run.lock"
-    while True:
-        with open(path, "a+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "unknown"
-                raise CheckpointError(f"--out_dir {out_dir} is in use by another run (process id "
-                                      f"{holder}): wait for it to end, or choose another "
-                                      f"--out_dir") from None
-            if not same_file(f, path):  # removed by a run that ended after we opened it: again
-                continue
-            f.truncate(0)  # a+: every write goes to the end, here the start of an empty file
-            f.write(f"{os.getpid()}\n")
-            f.flush()
-            try:
-                yield
-            finally:
-                path.unlink(missing_ok=True)  # while still held: no one else can hold this file
-            return
-
-
-def same_file(f, path):
-    """Whether the open file f is still the file at path."""
-    try:
-        return os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
-    except FileNotFoundError:
-        return False
+    the first one's process id (runtime.locked says how the lock works)."""
+    def busy(holder):
+        raise CheckpointError(f"--out_dir {out_dir} is in use by another run (process id "
+                              f"{holder}): wait for it to end, or choose another --out_dir")
+    return runtime.locked(Path(out_dir) / "run.lock", busy)
 
 
 def save_checkpoint(path, checkpoint):

@@ -240,16 +240,18 @@ def prepare(data_dir, text=None, *, val_fraction=None, clean_text=None, vocab_si
     what it holds: another source is refused, with the folder to use instead (prepared.py keeps
     that record)."""
     data_dir = runtime.make_folder(data_dir, "data_dir")
-    old, source, files = prepared.plan(
-        data_dir, text, val_fraction=val_fraction, clean_text=clean_text, vocab_size=vocab_size,
-        wikitext=dict(variant=variant, mirrors=mirrors, expected=expected, copy_from=WIKITEXT_DIR))
-    if source is None:  # up to date, or the source is gone and its .bin files serve
-        return old
-    start = time.time()
-    (data_dir / "tokenizer.bpe").unlink(missing_ok=True)  # made again below, if there is one
-    tokens, enc = (prepare_text(files, data_dir, source) if "text" in source
-                   else prepare_wikitext(files, data_dir, source))
-    return prepared.write_meta(data_dir, enc, tokens, source, time.time() - start)
+    with prepared.lock(data_dir):  # a second run preparing the folder waits for this one
+        old, source, files = prepared.plan(
+            data_dir, text, val_fraction=val_fraction, clean_text=clean_text,
+            vocab_size=vocab_size, wikitext=dict(variant=variant, mirrors=mirrors,
+                                                 expected=expected, copy_from=WIKITEXT_DIR))
+        if source is None:  # up to date, or the source is gone and its .bin files serve
+            return old
+        start = time.time()
+        (data_dir / "tokenizer.bpe").unlink(missing_ok=True)  # made again below, if there is one
+        tokens, enc = (prepare_text(files, data_dir, source) if "text" in source
+                       else prepare_wikitext(files, data_dir, source))
+        return prepared.write_meta(data_dir, enc, tokens, source, time.time() - start)
 
 
 def prepare_wikitext(paths, data_dir, source):

@@ -3,6 +3,7 @@ prepared.py: what a prepared data folder holds, and whether it is up to date. No
 bookkeeping that keeps data.py about text and tokens; data.prepare calls it before and after it
 tokenizes.
 
+  * one run at a time prepares a folder (`lock`); another waits for it;
   * meta.json beside the .bin files: the tokenizer, the token counts of each split, and the
     source the folder was made from (`read_meta`, `write_meta`, `complete`);
   * the source: WikiText-2's files or your own text, each file's SHA-256, the share held out for
@@ -27,6 +28,14 @@ import clean
 import fetch
 import runtime
 from fetch import DataError
+
+
+def lock(data_dir):
+    """Hold data_dir/prepare.lock while a run prepares the folder. A second run that prepares it
+    at the same time waits, then finds it up to date (runtime.locked says how the lock works)."""
+    def busy(holder):
+        print(f"data: {data_dir} is being prepared by process {holder}; waiting for it")
+    return runtime.locked(Path(data_dir) / "prepare.lock", busy)
 
 
 def plan(data_dir, text, *, val_fraction, clean_text, vocab_size, wikitext):

@@ -5,6 +5,7 @@ runtime.py: where a program runs. Not a lesson: plumbing the programs and tools 
   * the processes of a data-parallel run (`rank_and_world`, `is_main`, `say`);
   * moving batches to the device, and unwrapping a model from DDP and torch.compile;
   * a C-allocator setting that makes CPU training faster on Linux (`keep_freed_memory`);
+  * a lock on a folder's file, held while a run writes there (`locked`);
   * what a user must fix is one line on stderr, never a traceback (`UserError`, `run_program`);
     an argparse parser whose errors are such a line too (`Parser`).
 
@@ -153,6 +154,46 @@ def processes(device):
         yield torch.device(device)
     finally:  # also on errors and Ctrl-C, so that no process waits forever for the others
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def locked(path, busy):
+    """Hold a lock on the file at path while the block runs, with this process's id in it. If
+    another process holds it, busy(its id) raises, or returns to wait until the lock is free.
+    The lock is the kernel's (flock): it ends with its process, even one killed by kill -9, so a
+    stale file never blocks anyone; the file goes when the block ends. (Not on Windows: no
+    flock.)"""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    while True:
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                busy(f.read().strip() or "unknown")
+                fcntl.flock(f, fcntl.LOCK_EX)  # busy returned: wait
+            if not same_file(f, path):  # removed by a holder that ended after we opened it: again
+                continue
+            f.truncate(0)  # a+: every write goes to the end, here the start of an empty file
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            try:
+                yield
+            finally:
+                path.unlink(missing_ok=True)  # while still held: no one else can hold this file
+            return
+
+
+def same_file(f, path):
+    """Whether the open file f is still the file at path."""
+    try:
+        return os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def make_folder(path, flag):

@@ -264,6 +264,25 @@ def test_a_prepared_folder_is_byte_identical_after_every_refused_command(flags_o
         assert files() == before, f"{program} {argv} changed a prepared folder"
 
 
+def test_two_runs_preparing_one_folder_at_once_take_turns(tmp_path):
+    """Two data.py processes started together on one folder, with a tokenizer to train (the
+    spool file): one prepares, the other waits and finds the folder up to date; both succeed, and
+    no .part file or lock is left."""
+    text = " ".join(f"Sentence {i} of a text that two runs prepare at once." for i in range(3000))
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    cmd = [sys.executable, "data.py", "--text", str(tmp_path / "t.txt"), "--data_dir",
+           str(tmp_path / "d"), "--tokenizer_size", "400", "--no_clean"]
+    runs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err for _, err in outputs]
+    tokenized = [out for out, _ in outputs if "up to date" not in out]
+    assert len(tokenized) == 1, outputs  # one of them did the work, once
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [
+        "meta.json", "tokenizer.bpe", "train.bin", "val.bin"]
+    assert prepared.complete(tmp_path / "d", prepared.read_meta(tmp_path / "d"))
+
+
 def test_a_prepared_folder_trains_after_its_text_moved(tmp_path):
     (tmp_path / "notes.txt").write_text("Notes about birds and trees. " * 300, encoding="utf-8")
     data.prepare(tmp_path / "prepared", text=str(tmp_path / "notes.txt"), clean_text=False)
