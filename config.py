@@ -17,6 +17,8 @@ Read next: train.py.
 """
 
 import argparse
+import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -78,6 +80,11 @@ class TrainConfig:
 
     def __post_init__(self):
         check_choices(self)
+        for f in dataclasses.fields(self):  # an infinite or NaN rate or epsilon means nothing
+            value = getattr(self, f.name)
+            check(not isinstance(value, float) or math.isfinite(value), f.name, value,
+                  "must be a finite number")
+        check(0 <= self.seed < 2**63, "seed", self.seed, "must be in [0, 2**63)")  # torch's range
         for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_interval",
                      "ckpt_interval"):
             check(getattr(self, name) >= 1, name, getattr(self, name), "must be at least 1")

@@ -179,7 +179,11 @@ def tokenizer(vocab=None):
 def read_vocab(data_dir):
     """The tokens of data_dir's trained tokenizer, or None: the folder uses GPT-2's."""
     path = Path(data_dir) / "tokenizer.bpe"
-    return bpe.load(path) if path.exists() else None
+    try:
+        return bpe.load(path) if path.exists() else None
+    except ValueError as e:  # a line that is not "<base64 token> <id>", or not UTF-8 at all
+        raise DataError(f"{path} is damaged ({str(e)[:80]}): delete {data_dir} and prepare it "
+                        f"again (the same text trains the same tokenizer)") from None
 
 
 def train_tokenizer(stream, data_dir, vocab_size, max_chars=float("inf")):

@@ -173,6 +173,10 @@ def sha256(path):
 
 def gpt2_weights(path):
     """Download GPT-2's pytorch_model.bin (500 MB) to path, unless it is there already."""
+    if not str(path).strip() or Path(path).is_dir():
+        what = "a folder" if str(path).strip() else "empty"
+        raise DataError(f"--gpt2_path {str(path)!r} is {what}: name GPT-2's pytorch_model.bin "
+                        f"file (or leave the flag out for its default)")
     path = Path(path)
     if path.exists():
         return

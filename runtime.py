@@ -42,11 +42,20 @@ class ConfigError(UserError, ValueError):
 def run_program(main, argv=None):
     """What `python program.py` runs: main(argv), with what the user must fix as one line on
     stderr and exit status 1. A file-system fault (no space left, permission denied, ...) is such
-    a line too, naming the path; Ctrl-C ends quietly with status 130."""
+    a line too, naming the path, and so is running out of memory; Ctrl-C ends quietly with status
+    130."""
     try:
         main(argv)
     except UserError as e:
         sys.exit(f"error: {e}")
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+        if type(e) is RuntimeError and "can't allocate memory" not in str(e):
+            raise  # not the machine's limit but a fault of the program: its traceback says where
+        asked = re.search(r"[Tt]ried to allocate ([\d.]+ \w+)", str(e))
+        sys.exit(f"error: out of memory{f' (asked for {asked[1]})' if asked else ''}: python "
+                 f"train.py needs less with a lower --batch_size and a higher --grad_accum_steps "
+                 f"(the same gradients), --fused_head or --grad_checkpointing (docs/guide.md, "
+                 f"Troubleshooting)")
     except OSError as e:  # the disk or the file system said no: say where and why
         where = f"{e.filename}: " if e.filename else ""
         sys.exit(f"error: {where}{e.strerror or e}")
@@ -197,7 +206,11 @@ def same_file(f, path):
 
 
 def make_folder(path, flag):
-    """path as a Path, created if missing; a regular file there is refused, naming the flag."""
+    """path as a Path, created if missing; a regular file there is refused, naming the flag, and
+    so is an empty name (which would be the current folder)."""
+    if not str(path).strip():
+        raise ConfigError(f"--{flag} is empty: name a folder (or leave the flag out for its "
+                          f"default)")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--{flag} {path} is a file, not a folder: name a folder")

@@ -39,6 +39,7 @@ Read next: export.py, then EXERCISES.md.
 """
 
 import codecs
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -82,9 +83,9 @@ class Sampling:
     text_ids: int = MASK_ID  # draw only ids below this: the tokenizer's, not [MASK] or padding
 
     def __post_init__(self):
-        if self.temperature < 0:
-            raise runtime.ConfigError(f"--temperature must be >= 0 (0 = greedy), not "
-                                      f"{self.temperature}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise runtime.ConfigError(f"--temperature must be a finite number >= 0 (0 = greedy), "
+                                      f"not {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise runtime.ConfigError(f"--top_k must be at least 1, not {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
@@ -205,7 +206,7 @@ def load(args, device):
     return model.to(device).eval(), objective, enc, data_dir
 
 
-def perplexity(model, objective, enc, what, data_dir, device):
+def perplexity(model, objective, enc, what, data_dir, device, dtype="auto"):
     """The exact loss over every token of a split or a text file (data.evaluate), printed."""
     if what in ("val", "test"):
         tokens = data.open_split(data_dir, what)
@@ -220,7 +221,7 @@ def perplexity(model, objective, enc, what, data_dir, device):
     if len(tokens) < 2:
         raise runtime.ConfigError(f"--eval {what} holds {len(tokens)} token(s): a perplexity "
                                   f"needs at least 2")
-    autocast = runtime.autocast(device, runtime.pick_dtype("auto", device.type))
+    autocast = runtime.autocast(device, runtime.pick_dtype(dtype, device.type))
     metrics = data.evaluate(model, objective, tokens, 16, autocast)
     print(f"{what}: {len(tokens):,} tokens, {metrics['tokens']:,} predicted; "
           f"{objective.describe(metrics)}")
@@ -236,7 +237,7 @@ def main(argv=None):
         paths = export.export_hf(model.cpu(), enc, args.export_hf)
         return print(f"exported to {args.export_hf}/: {', '.join(p.name for p in paths)}")
     if args.eval:
-        return perplexity(model, objective, enc, args.eval, data_dir, device)
+        return perplexity(model, objective, enc, args.eval, data_dir, device, args.dtype)
     ids = encode_prompt(args.prompt, enc)
     if not ids:
         raise runtime.ConfigError("--prompt: the prompt has no tokens: give some text, or "
@@ -304,11 +305,21 @@ def parse_args(argv):
     add("--export_hf", default=None, metavar="DIR",
         help="write the GPT and its tokenizer to DIR in Hugging Face's format (export.py)")
     add("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    add("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+        help="number format of --eval's pass, as train.py's --dtype (float32: the same figure on "
+             "every CPU)")
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1 or args.num_samples < 1:
         flag, value = (("--max_new_tokens", args.max_new_tokens) if args.max_new_tokens < 1
                        else ("--num_samples", args.num_samples))
         raise runtime.ConfigError(f"{flag} {value}: must be at least 1")
+    if not 0 <= args.seed < 2**63:
+        raise runtime.ConfigError(f"--seed {args.seed}: must be in [0, 2**63)")
+    try:  # bytes that are not UTF-8 reach Python as lone surrogates, which tokenizers mangle
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise runtime.ConfigError("--prompt is not valid UTF-8: give it as UTF-8 text (your "
+                                  "terminal's encoding, or the file it came from)") from None
     return args
 
 

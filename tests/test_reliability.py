@@ -93,6 +93,12 @@ def refusal(argv, program, expected, flags_of):
 NEEDS_NO_DATA = [  # (flags, what the message must say)
     (["--stop_at", "900"], "--stop_at 900: is past --max_steps 600"),
     (["--lr", "-0.001"], "--lr -0.001: must be positive"),
+    (["--lr", "inf"], "--lr inf: must be a finite number"),
+    (["--lr", "nan"], "--lr nan: must be a finite number"),
+    (["--eps", "inf"], "--eps inf: must be a finite number"),
+    (["--grad_clip", "inf"], "--grad_clip inf: must be a finite number"),
+    (["--dropout", "nan"], "--dropout nan: must be at least 0 and below 1"),
+    (["--seed", str(2**64)], f"--seed {2**64}: must be in [0, 2**63)"),
     (["--lr", "1e-5", "--min_lr", "2e-4"], "--min_lr 0.0002: must be in [0, --lr 1e-05]"),
     (["--warmup_steps", "700"], "--warmup_steps 700: must not exceed --max_steps 600"),
     (["--mask_prob", "0"], "--mask_prob 0.0: must be between 0 and 1"),
@@ -138,7 +144,12 @@ def test_a_device_that_is_not_there_is_refused(program, flags_of, corpus):
 SAMPLE_CASES = [
     (["--top_k", "0"], "--top_k must be at least 1"),
     (["--top_p", "1.5"], "--top_p must be in (0, 1]"),
-    (["--temperature", "-1"], "--temperature must be >= 0"),
+    (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+    (["--temperature", "inf"], "--temperature must be a finite number >= 0 (0 = greedy), not inf"),
+    (["--temperature", "nan"], "--temperature must be a finite number >= 0 (0 = greedy), not nan"),
+    (["--seed", "-1"], "--seed -1: must be in [0, 2**63)"),
+    (["--init_from", "gpt2", "--gpt2_path", ""], "--gpt2_path '' is empty: name GPT-2's"),
+    (["--prompt", "ab\udcffc"], "--prompt is not valid UTF-8"),  # the byte 0xff, as argv has it
     (["--max_new_tokens", "-5"], "--max_new_tokens -5: must be at least 1"),
     (["--num_samples", "0"], "--num_samples 0: must be at least 1"),
     (["--eval", "test"], "has no test split: it holds train, val"),
@@ -292,7 +303,8 @@ def test_a_prepared_folder_trains_after_its_text_moved(tmp_path):
     assert load_checkpoint(tmp_path / "o/ckpt.pt")["step"] == 2
 
 
-@pytest.mark.parametrize("fault", ["data_dir is a file", "damaged meta.json", "out_dir is a file"])
+@pytest.mark.parametrize("fault", ["data_dir is a file", "damaged meta.json", "out_dir is a file",
+                                   "damaged tokenizer", "empty out_dir", "empty data_dir"])
 def test_a_broken_folder_is_one_clear_line(fault, flags_of, corpus, tmp_path):
     prepared, out = str(corpus / "prepared"), str(tmp_path / "out")
     if fault == "data_dir is a file":
@@ -303,6 +315,15 @@ def test_a_broken_folder_is_one_clear_line(fault, flags_of, corpus, tmp_path):
         Path(prepared).mkdir()
         (Path(prepared) / "meta.json").write_text('{"tokens": {"train": 12')  # cut short
         expected = "meta.json is damaged: delete it and run again"
+    elif fault == "damaged tokenizer":
+        shutil.copytree(corpus / "small", tmp_path / "copy")  # a folder of a trained tokenizer
+        prepared = str(tmp_path / "copy")
+        with open(Path(prepared) / "tokenizer.bpe", "a") as f:
+            f.write("\x00\x01 not a token\n")
+        expected = f"{prepared}/tokenizer.bpe is damaged ("
+    elif fault.startswith("empty"):  # "" would be the current folder: ckpt.pt in the repository
+        prepared, out = ("", out) if fault == "empty data_dir" else (prepared, "")
+        expected = f"--{fault.split()[1]} is empty: name a folder"
     else:
         Path(out).write_text("not a folder")
         expected = f"--out_dir {out} is a file, not a folder"
@@ -364,6 +385,28 @@ def test_a_damaged_log_line_loses_only_itself(corpus, tmp_path, capsys):
 
 
 # 5. Faults: a full disk, a busy --out_dir, kill -9 ----------------------------------------------
+
+@pytest.mark.parametrize("fault", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                 "allocate memory: you tried to allocate 77266944000 bytes. Error code 12"),
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                           "capacity of 79.10 GiB"),
+    MemoryError()])
+def test_running_out_of_memory_is_one_line_with_the_fix(fault, corpus, tmp_path, flags_of,
+                                                        monkeypatch):
+    def step(*args):
+        raise fault
+    monkeypatch.setattr(train, "train_step", step)  # as a batch too big for the machine would
+    message = refusal(["--data_dir", str(corpus / "prepared"), "--out_dir", str(tmp_path), *TINY],
+                      "train.py", "error: out of memory", flags_of)
+    assert "a lower --batch_size and a higher --grad_accum_steps" in message
+    assert {RuntimeError: "(asked for 77266944000 bytes)", MemoryError: "out of memory: python",
+            torch.OutOfMemoryError: "(asked for 2.00 GiB)"}[type(fault)] in message
+    monkeypatch.setattr(train, "train_step", lambda *args: 1 / 0)  # a fault of the program itself
+    with pytest.raises(ZeroDivisionError):  # keeps its traceback
+        runtime.run_program(train.main, ["--data_dir", str(corpus / "prepared"), "--out_dir",
+                                         str(tmp_path / "2"), *TINY])
+
 
 def test_a_full_disk_keeps_the_last_checkpoint_and_leaves_no_temporary_file(corpus, tmp_path,
                                                                            monkeypatch):
