@@ -94,8 +94,14 @@ def load_checkpoint(path, tensors=True):
     """A checkpoint, checked. A sharded one (a folder) is read with shard.read_checkpoint;
     tensors=False leaves its slices on disk, for a sharded run to load."""
     path = Path(path)
+    if path.is_dir() and path.suffix != ".dcp":  # a run's folder: the checkpoint in it
+        path = checkpoint_path(path)
     found = shard.find(path)  # path, or the ckpt.dcp.old a crash in the middle of a save left
     if not found.exists():
+        other = checkpoint_path(path.parent)  # a sharded run's ckpt.dcp beside a missing ckpt.pt
+        if other != path and other.exists():
+            raise CheckpointError(f"{path} does not exist, but {other} does (a --fsdp run's): "
+                                  f"name it, or its folder {path.parent}")
         raise CheckpointError(f"{path} does not exist: train a model first (python train.py), or "
                               f"name the right file")
     if found.is_dir():

@@ -179,8 +179,10 @@ def check_settings(cfg, given):
         raise runtime.ConfigError("--fsdp leaves each process a slice of every matrix, and Muon "
                                   "needs whole ones: add --optimizer adamw")
     if cfg.fsdp and "RANK" not in os.environ:
-        raise runtime.ConfigError("--fsdp shards the model across the processes that torchrun "
-                                  "starts: run train.py under torchrun (docs/guide.md, Sharding)")
+        whole = ", or resume it in one process with --no-fsdp" if "fsdp" not in given else ""
+        raise runtime.ConfigError(f"--fsdp shards the model across the processes that torchrun "
+                                  f"starts: run train.py under torchrun (docs/guide.md, "
+                                  f"Sharding){whole}")
     for name in sorted(given.keys() & {"mask_prob", "mask_unit"}):  # a GPT would ignore them
         if cfg.model == "gpt":
             raise runtime.ConfigError(f"--{name} sets what a BERT hides; a GPT hides nothing: "

@@ -3,8 +3,9 @@ data.py: from text on disk to blocks of token ids, and the exact evaluation pass
 
 The pipeline, one function per step:
   1. Documents. WikiText-2 (Merity et al. 2016) is split into its articles (`wikitext_documents`);
-     your own text is one document per .txt file, cleaned, filtered and deduplicated first
-     (clean.py; `--no_clean` reads it as it is, in pieces: `text_pieces`).
+     your own text is one document per .txt file, or per part between lines that hold only
+     <|endoftext|>, cleaned, filtered and deduplicated first (clean.py; `--no_clean` reads it as
+     it is: `text_stream`).
   2. Tokenize with a byte-pair encoding (`tokenizer`): frequent byte sequences are merged into
      single ids, so common words are one token and rare words a few; any text can be encoded.
      By default GPT-2's (tiktoken's "gpt2"); with --tokenizer_size N, one trained by bpe.py on the
@@ -71,6 +72,7 @@ from fetch import SPLITS, DataError
 WIKITEXT_DIR = "data/wikitext-2"  # WikiText-2 goes here by default; other folders copy it from here
 TEXT_BATCH = 4 << 20  # characters of text handed to the tokenizer at once (some MB of ids)
 END = None  # in a stream of text pieces: the end of a document, written as <|endoftext|>
+SEPARATOR = "<|endoftext|>"  # in your text, a line holding only this ends a document
 
 
 # 1. Documents -------------------------------------------------------------------------------------
@@ -89,23 +91,32 @@ def wikitext_documents(lines):
     yield "".join(doc)
 
 
+CUT = re.compile(r"(?<=\S)(?= )")  # just before a space that follows a non-space
+
+
+def last_cut(text, piece_chars):
+    """Where to cut text into a piece and the rest: the last place in its last piece_chars / 2
+    characters just before a space that follows a non-space (None: there is none). GPT-2's
+    pre-tokenizer never joins such a space to what precedes it, so the pieces tokenize to exactly
+    the ids of the whole text (tests/test_data.py checks this)."""
+    last = None
+    for last in CUT.finditer(text, max(0, len(text) - piece_chars // 2)):
+        pass
+    return last.start() if last else None
+
+
 def text_pieces(path, piece_chars=1 << 20):
-    """A text file in pieces of about piece_chars characters, each cut just before a space that
-    follows a non-space. GPT-2's pre-tokenizer never joins such a space to what precedes it, so
-    the pieces tokenize to exactly the ids of the whole file (tests/test_data.py checks this)."""
-    cut = re.compile(r"(?<=\S)(?= )")
+    """A text file in pieces of about piece_chars characters (last_cut says where they are cut)."""
     carry = ""
     with open(path, encoding="utf-8") as f:
         while block := read_utf8(f, piece_chars):
             text = carry + block
-            last = None
-            for last in cut.finditer(text, max(0, len(text) - piece_chars // 2)):
-                pass
-            if last is None:  # no cut point in the second half: keep reading
+            at = last_cut(text, piece_chars)
+            if at is None:  # no cut point in the second half: keep reading
                 carry = text
                 continue
-            yield text[: last.start()]
-            carry = text[last.start():]
+            yield text[:at]
+            carry = text[at:]
     if carry:
         yield carry
 
@@ -119,11 +130,32 @@ def wikitext_stream(path):
                 yield END
 
 
-def text_stream(files):
-    """Your own text as it is: each file one document, followed by <|endoftext|>."""
+def text_stream(files, piece_chars=1 << 20):
+    """Your own text as it is: its documents, each followed by <|endoftext|>. A document is a file,
+    or a part of one between lines that hold only <|endoftext|>, as clean.documents splits them
+    when cleaning; it comes in pieces of about piece_chars characters (cut as last_cut says)."""
     for path in files:
-        yield from text_pieces(path)
-        yield END
+        text, started = "", False  # the document's text not yet yielded; whether some was
+        for line in read_lines(path):
+            if line.strip() == SEPARATOR:
+                if started or text.strip():
+                    yield from [text, END] if text else [END]
+                text, started = "", False
+                continue
+            text += line
+            if len(text) >= piece_chars and (at := last_cut(text, piece_chars)) is not None:
+                yield text[:at]
+                text, started = text[at:], True
+        if started or text.strip():
+            yield from [text, END] if text else [END]
+
+
+def read_lines(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            yield from f
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
 
 
 def cleaned_stream(files, cleaner):
@@ -131,6 +163,8 @@ def cleaned_stream(files, cleaner):
     for kept in clean.clean_all(read_documents(files), cleaner):
         yield kept
         yield END
+    if not cleaner.report["documents"]:
+        raise no_text(files)
     if not cleaner.report["kept_documents"]:
         clean.print_report(cleaner.report)
         raise DataError(f"cleaning kept none of the {cleaner.report['documents']} documents (the "
@@ -150,6 +184,11 @@ def read_utf8(f, n):
         return f.read(n)
     except UnicodeDecodeError:
         raise not_utf8(f.name) from None
+
+
+def no_text(files):
+    return DataError(f"{', '.join(map(str, files[:3]))}{' ...' if len(files) > 3 else ''} hold "
+                     f"no text to learn from: only lines of {SEPARATOR} and blank ones")
 
 
 def not_utf8(path):
@@ -209,29 +248,38 @@ def tokenize_to_file(stream, path, enc):
     returns the number of tokens. Pieces are encoded a few MB at a time, in parallel (tiktoken's
     batch API)."""
     part = path.with_name(path.name + ".part")
-    with open(part, "wb") as f, tqdm(desc=f"tokenizing {path.name}", unit="tok", unit_scale=True,
-                                     disable=None) as bar:  # None: no bar in a log file
-        batch, chars, count = [], 0, 0
-
-        def flush():
-            texts = [item for item in batch if isinstance(item, str)]
-            encoded = iter(enc.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1))
-            ids = [i for item in batch
-                   for i in (next(encoded) if isinstance(item, str) else [enc.eot_token])]
-            np.array(ids, dtype=np.uint16).tofile(f)
-            bar.update(len(ids))
-            batch.clear()
-            return len(ids)
-
-        for item in stream:
-            batch.append(item)
-            chars += len(item) if isinstance(item, str) else 0
-            if chars >= TEXT_BATCH:
-                count += flush()
-                chars = 0
-        count += flush()
+    try:
+        with open(part, "wb") as f, tqdm(desc=f"tokenizing {path.name}", unit="tok",
+                                         unit_scale=True, disable=None) as bar:  # (None: no bar
+            count = write_tokens(stream, f, enc, bar)                          # in a log file)
+    except BaseException:  # a full disk, a refusal from the stream, Ctrl-C: no .part is left
+        part.unlink(missing_ok=True)
+        raise
     os.replace(part, path)  # a half-written .bin never has the final name
     return count
+
+
+def write_tokens(stream, f, enc, bar):
+    """The ids of a stream's pieces, written to the open file f a batch at a time; their number."""
+    batch, chars, count = [], 0, 0
+
+    def flush():
+        texts = [item for item in batch if isinstance(item, str)]
+        encoded = iter(enc.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1))
+        ids = [i for item in batch
+               for i in (next(encoded) if isinstance(item, str) else [enc.eot_token])]
+        np.array(ids, dtype=np.uint16).tofile(f)
+        bar.update(len(ids))
+        batch.clear()
+        return len(ids)
+
+    for item in stream:
+        batch.append(item)
+        chars += len(item) if isinstance(item, str) else 0
+        if chars >= TEXT_BATCH:
+            count += flush()
+            chars = 0
+    return count + flush()
 
 
 def prepare(data_dir, text=None, *, val_fraction=None, clean_text=None, vocab_size=None,
@@ -291,6 +339,9 @@ def split_train_val(stream, data_dir, val_fraction, enc, text):
     """Tokenize into train.bin, then move the last val_fraction of the tokens into val.bin."""
     train_path, val_path = data_dir / "train.bin", data_dir / "val.bin"
     n = tokenize_to_file(stream, train_path, enc)
+    if n == 0:
+        train_path.unlink()
+        raise no_text([text])
     n_val = int(n * val_fraction)
     if n_val < 2 or n - n_val < 2:
         raise DataError(f"{n} tokens cannot be split {1 - val_fraction:.0%}/{val_fraction:.0%} "

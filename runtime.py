@@ -72,6 +72,8 @@ class Parser(argparse.ArgumentParser):
         unknown = re.findall(r"--\w+", message) if message.startswith("unrecognized") else []
         near = {m for flag in unknown for m in difflib.get_close_matches(flag, options, n=1)}
         guess = f"; did you mean {' or '.join(sorted(near))}?" if near else ""
+        if message.startswith("unrecognized") and "--text" in options and ".txt" in message:
+            guess += "; --text takes one file or a folder, not a list (a shell glob makes one)"
         raise ConfigError(f"{message}{guess} (see: python {self.prog} --help)")
 
     def add_config(self, cls, notes):

@@ -93,8 +93,9 @@ def main(argv=None):
         if "model" not in checkpoint and not cfg.fsdp:  # a sharded run's, resumed whole
             checkpoint = load_checkpoint(path)
         if checkpoint["step"] >= (cfg.stop_at or cfg.max_steps):
-            print(f"{path} is at step {checkpoint['step']} already: nothing to do (raise "
-                  f"--max_steps to train further)")
+            flag = "--stop_at" if cfg.stop_at else "--max_steps"
+            print(f"{path} is at step {checkpoint['step']} already, {flag} "
+                  f"{cfg.stop_at or cfg.max_steps}: nothing to do (raise {flag} to train further)")
             return
     else:
         mcfg, cfg = fresh_configs(given)  # the defaults, a --model's own, the flags

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import clean
 import data
 import fetch
 from mlm import MLM
@@ -145,6 +146,37 @@ def test_long_text_read_in_pieces_tokenizes_like_the_whole(tmp_path):
     assert len(pieces) > 20 and "".join(pieces) == text
     enc = data.tokenizer()
     assert [i for p in pieces for i in enc.encode_ordinary(p)] == enc.encode_ordinary(text)
+
+
+def test_text_as_it_is_ends_a_document_at_a_separator_line_as_cleaning_does(tmp_path):
+    """--no_clean: a line holding only <|endoftext|> ends a document, as clean.documents splits
+    them, and becomes the end-of-text id, not its characters; documents longer than a piece
+    still tokenize exactly."""
+    docs = ["First document,  two spaces.\n" * 9, "Second one;\ttab \n\n\nend.\n",
+            "Third, \u00fcn\u00efcode!  \n" * 7]
+    text = docs[0] + "<|endoftext|>\n" + docs[1] + "  <|endoftext|> \n\n<|endoftext|>\n" + docs[2]
+    path = tmp_path / "docs.txt"
+    path.write_text(text, encoding="utf-8")
+    assert list(clean.documents(path)) == docs  # cleaning's split (a blank part is no document)
+    enc = data.tokenizer()
+    pieces = list(data.text_stream([path], piece_chars=64))
+    assert len(pieces) > 10  # the long documents came in several pieces (and 3 END markers)
+    ids = [i for p in pieces for i in (enc.encode_ordinary(p) if p is not data.END
+                                        else [enc.eot_token])]
+    expected = [i for d in docs for i in enc.encode_ordinary(d) + [enc.eot_token]]
+    assert ids == expected
+    data.prepare(tmp_path / "d", text=str(path), clean_text=False)
+    written = [*data.open_split(tmp_path / "d", "train"), *data.open_split(tmp_path / "d", "val")]
+    assert written == expected
+
+
+@pytest.mark.parametrize("clean_text", [True, False])
+def test_text_of_separators_only_is_refused_saying_so(tmp_path, clean_text):
+    (tmp_path / "s.txt").write_text("<|endoftext|>\n\n<|endoftext|>\n", encoding="utf-8")
+    with pytest.raises(data.DataError, match="hold no text to learn from: only lines of "
+                                             "<\\|endoftext\\|> and blank ones"):
+        data.prepare(tmp_path / "d", text=str(tmp_path / "s.txt"), clean_text=clean_text)
+    assert not list((tmp_path / "d").glob("*.bin*"))
 
 
 def test_text_that_is_not_utf8_gets_a_clear_error(tmp_path):

@@ -19,11 +19,12 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 import data
+import runtime
 import sample
 import shard
 import train
 from adamw import AdamW
-from checkpoint import load_checkpoint, objective_for
+from checkpoint import CheckpointError, load_checkpoint, objective_for
 from model import ModelConfig, param_groups
 
 REPO = Path(__file__).parents[1]
@@ -290,6 +291,13 @@ def test_a_sharded_run_resumes_exactly_and_one_process_reads_its_checkpoint(corp
     sample.main(["--ckpt", str(runs["halves"] / "ckpt.dcp"), "--eval", "val", "--device", "cpu"])
     printed = capsys.readouterr().out
     assert f"loss {halves[-1]['val_loss']:.4f}" in printed
+    sample.main(["--ckpt", str(runs["halves"]), "--eval", "val", "--device", "cpu"])  # its folder
+    assert f"loss {halves[-1]['val_loss']:.4f}" in capsys.readouterr().out
+    with pytest.raises(CheckpointError, match=f"ckpt.pt does not exist, but "
+                                              f"{runs['halves'] / 'ckpt.dcp'} does"):
+        sample.main(["--ckpt", str(runs["halves"] / "ckpt.pt"), "--device", "cpu"])
+    with pytest.raises(runtime.ConfigError, match="or resume it in one process with --no-fsdp"):
+        train.main(["--init_from", "resume", "--out_dir", str(runs["halves"]), "--max_steps", "6"])
     sample.main(["--ckpt", str(runs["halves"] / "ckpt.dcp"), "--prompt", "Two processes",
                  "--max_new_tokens", "5", "--device", "cpu"])
     assert capsys.readouterr().out.startswith("--- sample 1 ---\nTwo processes")

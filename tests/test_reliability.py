@@ -123,6 +123,8 @@ NEEDS_NO_DATA = [  # (flags, what the message must say)
     (["--n_layer"], "argument --n_layer: expected one argument"),
     (["--learning_rate", "1e-3"], "unrecognized arguments: --learning_rate 1e-3"),
     (["--batchsize", "8"], "unrecognized arguments: --batchsize 8; did you mean --batch_size?"),
+    (["--text", "a.txt", "b.txt"], "unrecognized arguments: b.txt; --text takes one file or a "
+     "folder, not a list (a shell glob makes one)"),
 ]
 
 

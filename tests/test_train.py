@@ -277,7 +277,7 @@ def test_clipping_caps_the_global_norm_and_reports_the_norm_before():
 
 # 4. Exact resume --------------------------------------------------------------------------------
 
-def test_resuming_is_bit_exact(corpus, tmp_path):
+def test_resuming_is_bit_exact(corpus, tmp_path, capsys):
     flags = ["--max_steps", "8", "--dropout", "0.1", "--model", "gpt"]
     run(corpus, tmp_path / "straight", *flags)
     run(corpus, tmp_path / "halves", *flags, "--stop_at", "4")
@@ -292,6 +292,11 @@ def test_resuming_is_bit_exact(corpus, tmp_path):
     assert [r["loss"] for r in log(tmp_path / "straight")] == [
         r["loss"] for r in log(tmp_path / "halves")
     ]
+    capsys.readouterr()  # a run already at its end names the flag that ends it
+    for limit, flag in (([], "--max_steps 8"), (["--stop_at", "6"], "--stop_at 6")):
+        run(corpus, tmp_path / "halves", "--init_from", "resume", *limit)
+        assert f"at step 8 already, {flag}: nothing to do (raise {flag.split()[0]} to train " \
+            "further)" in capsys.readouterr().out
 
 
 def test_bert_resumes_bit_exact_too(corpus, tmp_path):
