@@ -36,9 +36,13 @@ import bpe
 from runtime import ConfigError
 
 
+WEIGHTS = "model.safetensors"
+
+
 def export_hf(model, enc, out_dir):
     """Write model (a GPT: a BERT's to_gpt2 refuses) and its tokenizer enc (tiktoken's) to out_dir
-    in Hugging Face's layout; returns the paths written."""
+    in Hugging Face's layout; returns the paths written. A folder that holds other files is
+    refused: a loader would find them beside ours (an earlier export of ours is overwritten)."""
     n_vocab = enc.eot_token + 1  # the tokenizer's ids, <|endoftext|> the last of them
     if model.config.vocab_size < n_vocab:
         raise ConfigError(f"--export_hf: the model knows {model.config.vocab_size} ids, fewer than "
@@ -50,15 +54,20 @@ def export_hf(model, enc, out_dir):
     wte = weights["transformer.wte.weight"]
     weights["transformer.wte.weight"] = wte[:n_vocab]  # the rows no text encodes to: cut
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     ranks = {token: enc.encode_single_token(token) for token in enc.token_byte_values()}
     files = {"config.json": json.dumps(gpt2_config(model.config, n_vocab, enc.eot_token),
                                        indent=2),
              **tokenizer_files(ranks, enc.eot_token, model.config.block_size)}
+    others = sorted(p.name for p in out_dir.glob("*") if p.name not in {*files, WEIGHTS})
+    if others:  # e.g. another model's tokenizer.json, which a loader would prefer to ours
+        raise ConfigError(f"--export_hf {out_dir} holds other files ({', '.join(others[:4])}"
+                          f"{', ...' if len(others) > 4 else ''}), which a loader would read "
+                          f"beside ours: export into an empty or new folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         (out_dir / name).write_text(text, encoding="utf-8")
-    write_safetensors(out_dir / "model.safetensors", weights)
-    return [out_dir / name for name in (*files, "model.safetensors")]
+    write_safetensors(out_dir / WEIGHTS, weights)
+    return [out_dir / name for name in (*files, WEIGHTS)]
 
 
 def gpt2_config(config, vocab_size, eot_id):

@@ -142,3 +142,13 @@ def test_export_writes_a_loadable_folder_and_refuses_what_gpt2_cannot_hold(tmp_p
     with pytest.raises(ConfigError, match="this checkpoint is a BERT"):
         export.export_hf(bert, data.tokenizer(), tmp_path / "bert")
     assert not (tmp_path / "bert").exists()  # refused before anything was written
+    # A folder of our own export is written over; one that holds another model's tokenizer.json
+    # is refused (a loader would prefer it to our vocab.json and merges.txt), and left as it was
+    before = {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()}
+    assert {p.name for p in export.export_hf(model, data.tokenizer(), tmp_path / "hf")} == names
+    assert {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()} == before
+    (tmp_path / "hf" / "tokenizer.json").write_text("{}")
+    with pytest.raises(ConfigError, match=f"--export_hf {tmp_path / 'hf'} holds other files "
+                                          f"\\(tokenizer.json\\), which a loader would read"):
+        export.export_hf(model, data.tokenizer(), tmp_path / "hf")
+    assert {p.name for p in (tmp_path / "hf").iterdir()} == names | {"tokenizer.json"}
