@@ -462,7 +462,8 @@ def main(argv=None):
     parser.add_argument("--variant", choices=("raw", "v1"), default="raw",
                         help="WikiText-2 variant to download")
     parser.add_argument("--mirror", default=fetch.MIRRORS[0],
-                        help="where to download WikiText-2's zip from")
+                        help="the address of a folder that holds WikiText-2's zip "
+                             "(wikitext-2-raw-v1.zip or wikitext-2-v1.zip)")
     args = parser.parse_args(argv)
     if args.val_fraction is not None and not 0 < args.val_fraction < 1:
         raise runtime.ConfigError(f"--val_fraction {args.val_fraction}: must be between 0 and 1")

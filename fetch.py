@@ -79,7 +79,7 @@ def wikitext(data_dir, variant="raw", mirrors=MIRRORS, expected=None, download=T
     reasons = []
     for mirror in mirrors:
         try:
-            download_file(mirror + zip_path.name, zip_path)
+            download_file(mirror.rstrip("/") + "/" + zip_path.name, zip_path)  # with or without /
             return extract_splits(zip_path, variant, expected)
         except DataError as e:
             zip_path.unlink(missing_ok=True)  # a damaged download must not be found next time

@@ -291,10 +291,12 @@ def leftovers(folder):
     )
 
 
-def test_wikitext_is_downloaded_checked_and_extracted(tmp_path, server):
+@pytest.mark.parametrize("slash", [True, False])  # --mirror: a folder's address, with or without /
+def test_wikitext_is_downloaded_checked_and_extracted(tmp_path, server, slash):
     files, url = server
     body, expected = wikitext_zip(tmp_path)
     files["/wikitext-2-raw-v1.zip"] = (body, len(body))
+    url = url if slash else url.rstrip("/")
     meta = data.prepare(tmp_path / "d", mirrors=(url,), expected=expected)
     assert leftovers(tmp_path / "d") == [
         "wiki.test.raw", "wiki.train.raw", "wiki.valid.raw", "wikitext-2-raw-v1.zip",
