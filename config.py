@@ -72,6 +72,9 @@ class TrainConfig:
     ckpt_interval: int = setting(200, "write ckpt.pt every this many steps, and at the end")
     seed: int = setting(1337, "initial weights, data order, dropout")
     compile: bool = setting(False, "torch.compile the model (pays off on GPUs, big models)")
+    profile: bool = setting(False, "torch.profiler over steps 3 to 5 of the session: a trace in "
+                            "out_dir/trace.json and a table of the top operators (docs/guide.md, "
+                            "Profiling)")
     fused_head: bool = setting(False, "the LM head and its loss in one pass, a chunk of rows at a "
                                "time (model.HeadLoss): the same loss and gradients without "
                                "holding all the logits (docs/performance.md)")
@@ -126,7 +129,7 @@ def resume_configs(checkpoint, given, out_dir):
     if diffs:
         raise CheckpointError(f"cannot resume: the checkpoint's run differs from the flags: "
                               f"{'; '.join(diffs)}")
-    session = {"stop_at": 0, "out_dir": out_dir}  # not kept from the last session
+    session = {"stop_at": 0, "out_dir": out_dir, "profile": False}  # not kept from the last one
     return make_configs({**saved_model, **saved_train, **session, **given})
 
 

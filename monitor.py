@@ -7,7 +7,8 @@ learning rate, gradient norm, tokens/s, MFU, skipped steps, val loss); this file
     a browser);
   * the first lines a run prints (what it trains, on what, tokens per step) and its last ones
     (the val metrics, where everything went);
-  * the peak FLOP/s of known GPUs, for MFU (model FLOPs utilisation, PaLM appendix B).
+  * the peak FLOP/s of known GPUs, for MFU (model FLOPs utilisation, PaLM appendix B);
+  * --profile: torch.profiler over a few steps, a trace and a table of the top operators.
 
 Read next: checkpoint.py.
 """
@@ -23,6 +24,8 @@ from tqdm import tqdm
 
 import runtime
 from model import num_params
+
+PROFILE_STEPS = (1, 1, 3)  # --profile: steps skipped, steps to warm up, steps recorded
 
 PEAK_FLOPS = {  # dense bf16/fp16 tensor-core FLOP/s from NVIDIA's data sheets, matched in names
     "H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12,
@@ -194,3 +197,33 @@ def write_svg(records, path, title, labels=("train loss", "val loss")):
     svg += [text(W - right - 8, top + 16, labels[0], fill="#4477aa", text_anchor="end"),
             text(W - right - 8, top + 32, labels[1], fill="#ee6677", text_anchor="end"), "</svg>"]
     path.write_text("\n".join(svg))
+
+
+def profile(enabled, out_dir, device, steps_left):
+    """torch.profiler, started (train.py calls .step() after each step), or None. It skips one
+    step and warms up on one (the first steps fill the allocator's caches), then records
+    three: every operator's start and end into out_dir/trace.json (open it in ui.perfetto.dev or
+    chrome://tracing), and a table of the operators that took longest, printed. train_step names
+    its parts (record_function) so that they show up; docs/guide.md (Profiling) reads a table."""
+    if not enabled:
+        return None
+    wait, warmup, active = PROFILE_STEPS
+    if steps_left < wait + warmup + active:
+        raise runtime.ConfigError(f"--profile records steps {wait + warmup + 1} to "
+                                  f"{wait + warmup + active} of a session, which has "
+                                  f"{steps_left} left: raise --max_steps (or --stop_at)")
+    cuda = device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    activities += [torch.profiler.ProfilerActivity.CUDA] if cuda else []
+
+    def ready(prof):
+        prof.export_chrome_trace(str(out_dir / "trace.json"))
+        sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        runtime.say(prof.key_averages().table(sort_by=sort, row_limit=15))
+        runtime.say(f"profile: {active} steps, the table above; trace: {out_dir / 'trace.json'}")
+
+    profiler = torch.profiler.profile(
+        activities=activities, on_trace_ready=ready,
+        schedule=torch.profiler.schedule(wait=wait, warmup=warmup, active=active, repeat=1))
+    profiler.start()
+    return profiler

@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from torch.profiler import record_function
 from tqdm import tqdm
 
 import data
@@ -200,13 +201,16 @@ def loop(run, splits, cfg, device, dtype):
     saved = run.step  # the step of the checkpoint on disk (0: none yet)
     bar = tqdm(total=stop, initial=run.step, desc=f"training {cfg.model}", unit="step",
                disable=None if runtime.is_main() else True)  # None: no bar in a log file
+    profiler = monitor.profile(cfg.profile and runtime.is_main(), out_dir, device,
+                               stop - run.step)  # None, unless --profile
     try:
         while run.step < stop:
             t0 = time.perf_counter()
             lr = lr_at(run.step, cfg)
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
-            batches = [next_batch(run, splits["train"], B, T, device) for _ in range(accum)]
+            with record_function("batches"):  # a name in --profile's table and trace
+                batches = [next_batch(run, splits["train"], B, T, device) for _ in range(accum)]
             loss, grad_norm, skipped = train_step(run, batches, cfg.grad_clip, autocast)
             run.step, run.tokens = run.step + 1, run.tokens + tokens_per_step
             run.skipped_steps += skipped
@@ -225,12 +229,16 @@ def loop(run, splits, cfg, device, dtype):
             if run.step % cfg.ckpt_interval == 0 or run.step == stop:
                 save_run(out_dir, run, cfg)
                 saved = run.step
+            if profiler:
+                profiler.step()
             bar.update(1)
             bar.set_postfix_str(f"loss {loss:.3f}, lr {lr:.1e}, {tokens_per_s:,.0f} tok/s" + (
                 f", {run.skipped_steps} skipped" if run.scaler.is_enabled() else ""))
     except (FloatingPointError, KeyboardInterrupt) as e:
         raise monitor.stopped(e, run.step, checkpoint_path(out_dir), saved) from None
     bar.close()
+    if profiler:
+        profiler.stop()
     monitor.print_end(run, cfg, metrics, time.time() - start_time, checkpoint_path(out_dir),
                       data.unigram_entropy(splits["train"]))
 
@@ -257,11 +265,12 @@ def train_step(run, micro_batches, grad_clip, autocast):
             model.require_backward_grad_sync = i == len(micro_batches) - 1
         if fsdp:
             model.set_requires_gradient_sync(i == len(micro_batches) - 1)
-        with autocast:
+        with autocast, record_function("forward and loss"):
             loss = objective.loss(model, inputs, targets)
         # Dividing by the number of micro-batches makes the summed .grad the mean over all of
         # them: exactly the gradient of one batch len(micro_batches) times bigger.
-        scaler.scale(loss / len(micro_batches)).backward()
+        with record_function("backward"):
+            scaler.scale(loss / len(micro_batches)).backward()
         total += loss.detach()
     loss = total / len(micro_batches)
     if ddp or fsdp:  # every process reports the loss averaged over all of them
@@ -275,7 +284,8 @@ def train_step(run, micro_batches, grad_clip, autocast):
         optimizer.zero_grad()
         raise FloatingPointError(f"loss {loss}, gradient norm {grad_norm}")
     scale = scaler.get_scale()
-    scaler.step(optimizer)  # fp16: skips the update if any gradient overflowed to inf/NaN...
+    with record_function("optimizer"):
+        scaler.step(optimizer)  # fp16: skips the update if any gradient overflowed to inf/NaN...
     scaler.update()  # ...and then halves the loss scale (or doubles it after 2000 good steps)
     optimizer.zero_grad()
     return loss, grad_norm, scaler.get_scale() < scale

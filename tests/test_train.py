@@ -501,6 +501,37 @@ def test_a_short_run_monitors_every_step_and_learns(corpus, tmp_path, kind, caps
     assert load_checkpoint(tmp_path / "ckpt.pt")["train_config"]["model"] == kind
 
 
+def test_profile_writes_a_trace_and_a_table_of_the_largest_operators(corpus, tmp_path, capsys):
+    runtime.run_program(train.main, ["--data_dir", corpus, "--out_dir", str(tmp_path), *TINY,
+                                     "--max_steps", "6", "--profile"])
+    events = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+    names = [e["name"] for e in events if e.get("ph") == "X"]  # complete events: operators
+    for part in ("batches", "forward and loss", "backward", "optimizer"):  # train.py's names
+        assert names.count(part) == 3, part  # once in each of the three steps recorded
+    assert names.count("aten::mm") + names.count("aten::addmm") >= 3 * 4  # the Linear layers
+    printed = capsys.readouterr().out
+    assert f"profile: 3 steps, the table above; trace: {tmp_path / 'trace.json'}" in printed
+    lines = printed[printed.index("Self CPU %"):].splitlines()
+    rows = lines[2:next(i for i in range(2, len(lines)) if lines[i].startswith("---"))]
+    unit = {"s": 1e6, "ms": 1e3, "us": 1}
+
+    def self_time(row):  # the Self CPU column, in microseconds
+        value = re.findall(r"([\d.]+)(s|ms|us)\s", row)[0]  # (the % columns do not match)
+        return float(value[0]) * unit[value[1]]
+
+    times = [self_time(row) for row in rows]
+    assert len(rows) >= 5 and times == sorted(times, reverse=True)  # the largest first
+    assert rows[0].split()[0] in names  # an operator of the trace
+    # the next session of this run does not profile unless asked again; too short a one is refused
+    runtime.run_program(train.main, ["--out_dir", str(tmp_path), "--init_from", "resume",
+                                     "--max_steps", "7"])
+    assert "profile:" not in capsys.readouterr().out
+    with pytest.raises(runtime.ConfigError, match="--profile records steps 3 to 5 of a session, "
+                                                  "which has 2 left"):
+        train.main(["--out_dir", str(tmp_path), "--init_from", "resume", "--max_steps", "9",
+                    "--profile"])
+
+
 def printed_settings(line):
     """{name: value} of a printed settings line: --name value, --name (True), --no-name (False)."""
     found = {}
