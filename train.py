@@ -134,9 +134,8 @@ def train(mcfg, cfg, checkpoint, device, dtype, given):
     # Loss scaling (fp16 only): fp16 flushes gradients below ~6e-8 to zero. Multiplying the loss
     # by a large factor S lifts them into range; unscale_ divides by S before the update.
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    rank = runtime.rank_and_world()[0]
-    torch.manual_seed(cfg.seed + rank)  # each process its own dropout masks...
-    generator = torch.Generator().manual_seed(cfg.seed + rank)  # ...and its own batches
+    torch.manual_seed(cfg.seed + runtime.rank_and_world()[0])  # each process its own dropout
+    generator = torch.Generator().manual_seed(cfg.seed)  # one data order for all: next_batches
     run = Run(model, optimizer, scaler, objective, generator)
     if resumed:
         restore_run(run, checkpoint, cfg)
@@ -210,7 +209,7 @@ def loop(run, splits, cfg, device, dtype):
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
             with record_function("batches"):  # a name in --profile's table and trace
-                batches = [next_batch(run, splits["train"], B, T, device) for _ in range(accum)]
+                batches = next_batches(run, splits["train"], B, T, accum, device)
             loss, grad_norm, skipped = train_step(run, batches, cfg.grad_clip, autocast)
             run.step, run.tokens = run.step + 1, run.tokens + tokens_per_step
             run.skipped_steps += skipped
@@ -243,12 +242,19 @@ def loop(run, splits, cfg, device, dtype):
                       data.unigram_entropy(splits["train"]))
 
 
-def next_batch(run, tokens, B, T, device):
-    """One training micro-batch: random token blocks, made into (inputs, targets) by the
-    objective (CLM: the next tokens; MLM: masked tokens), moved to the device."""
-    inputs, targets = run.objective.train_batch(data.get_batch(tokens, B, T, run.generator),
-                                                run.generator)
-    return runtime.to_device(inputs, device), runtime.to_device(targets, device)
+def next_batches(run, tokens, B, T, accum, device):
+    """This process's accum micro-batches of one step, each (inputs, targets) of B rows on the
+    device: random token blocks, made into inputs and targets by the objective (CLM: the next
+    tokens; MLM: masked tokens). The generator, the same in every process, draws the whole step:
+    the blocks of every process, and BERT's masks; each process takes its share. So N processes
+    train on what one process with N times the accumulation trains on, and a run resumes on
+    another number of processes. (Dropout stays each process's own: train seeds it by rank.)"""
+    rank, world = runtime.rank_and_world()
+    blocks = data.get_batch(tokens, B * accum * world, T, run.generator)  # the step's, all of it
+    inputs, targets = run.objective.train_batch(blocks, run.generator)
+    mine = slice(rank * B * accum, (rank + 1) * B * accum)
+    return [(runtime.to_device(x, device), runtime.to_device(y, device))
+            for x, y in zip(inputs[mine].split(B), targets[mine].split(B))]
 
 
 def train_step(run, micro_batches, grad_clip, autocast):
@@ -359,10 +365,11 @@ def restore_run(run, checkpoint, cfg):
     rank, world = runtime.rank_and_world()
     if len(checkpoint["rng"]) == world:
         set_rng_state(checkpoint["rng"][rank], run.generator)
-    else:
+    else:  # the data order goes on as it would have; each process's dropout is drawn afresh
         say(f"note: the checkpoint was written by {len(checkpoint['rng'])} processes, now "
-            f"{world}: the data order is drawn afresh")
-        run.generator.manual_seed(hash((cfg.seed, rank, run.step)))
+            f"{world}: the data goes on as before, dropout is drawn afresh")
+        torch.manual_seed(hash((cfg.seed, rank, run.step)) % 2**63)
+    run.generator.set_state(checkpoint["rng"][0]["data"])  # one data order, the same in all
 
 
 if __name__ == "__main__":
