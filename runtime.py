@@ -54,8 +54,8 @@ def run_program(main, argv=None):
         asked = re.search(r"[Tt]ried to allocate ([\d.]+ \w+)", str(e))
         sys.exit(f"error: out of memory{f' (asked for {asked[1]})' if asked else ''}: python "
                  f"train.py needs less with a lower --batch_size and a higher --grad_accum_steps "
-                 f"(the same gradients), --fused_head or --grad_checkpointing (docs/guide.md, "
-                 f"Troubleshooting)")
+                 f"(the same gradients), --fused_head or --grad_checkpointing, or a smaller model "
+                 f"(docs/guide.md, Troubleshooting)")
     except OSError as e:  # the disk or the file system said no: say where and why
         where = f"{e.filename}: " if e.filename else ""
         sys.exit(f"error: {where}{e.strerror or e}")
