@@ -343,6 +343,21 @@ def test_a_file_system_fault_names_the_path_and_the_cause(corpus, tmp_path, monk
     assert message == f"error: {tmp_path / 'ro' / 'train.bin.part'}: Permission denied"
 
 
+def test_a_full_disk_while_tokenizing_names_the_file_and_leaves_no_part(tmp_path, monkeypatch):
+    real = data.write_tokens
+
+    def full_after_some(stream, f, enc, bar):  # the first batch of ids lands, then the disk fills
+        real(iter(["Some words."]), f, enc, bar)
+        raise OSError(errno.ENOSPC, "No space left on device", f.name)
+
+    monkeypatch.setattr(data, "write_tokens", full_after_some)
+    (tmp_path / "t.txt").write_text("Some words. " * 50, encoding="utf-8")
+    message = run_quietly(["--text", str(tmp_path / "t.txt"), "--data_dir", str(tmp_path / "d")],
+                          "data.py")
+    assert message == f"error: {tmp_path / 'd' / 'train.bin.part'}: No space left on device"
+    assert not list((tmp_path / "d").glob("*.part"))  # no half-written file stays behind
+
+
 # 3. Advice that works ---------------------------------------------------------------------------
 
 def test_ctrl_c_says_whether_there_is_a_checkpoint_to_resume(corpus, tmp_path, monkeypatch):
