@@ -55,8 +55,13 @@ Read next: adamw.py, the update rule of the loop that consumes these blocks (tra
 import functools
 import os
 import re
+import signal
+import sys
 import time
 from pathlib import Path
+
+if __name__ == "__main__":  # Ctrl-C while torch loads ends quietly too (then: run_program)
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
 
 import numpy as np
 import torch

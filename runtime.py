@@ -20,6 +20,7 @@ import difflib
 import functools
 import os
 import re
+import signal
 import sys
 import time
 import typing
@@ -44,6 +45,7 @@ def run_program(main, argv=None):
     stderr and exit status 1. A file-system fault (no space left, permission denied, ...) is such
     a line too, naming the path, and so is running out of memory; Ctrl-C ends quietly with status
     130."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C: KeyboardInterrupt again
     try:
         main(argv)
     except UserError as e:
@@ -228,7 +230,10 @@ def rank_and_world():
 
 
 def is_main():
-    """Only the first process (rank 0) prints, logs and saves."""
+    """Only the first process (rank 0) prints, logs and saves; under torchrun, before the
+    processes have joined their group, too (torchrun's RANK says which one this is)."""
+    if not dist.is_initialized():
+        return os.environ.get("RANK", "0") == "0"
     return rank_and_world()[0] == 0
 
 

@@ -41,9 +41,13 @@ Read next: export.py, then EXERCISES.md.
 import codecs
 import math
 import re
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+if __name__ == "__main__":  # Ctrl-C while torch loads ends quietly too (then: run_program)
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
 
 import numpy as np
 import torch

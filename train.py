@@ -40,9 +40,14 @@ Read next: shard.py, what --fsdp changes (then sample.py, using what you trained
 
 import math
 import shutil
+import signal
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+if __name__ == "__main__":  # Ctrl-C while torch loads ends quietly too (then: run_program)
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
 
 import torch
 import torch.distributed as dist

@@ -343,6 +343,18 @@ def test_a_file_system_fault_names_the_path_and_the_cause(corpus, tmp_path, monk
     assert message == f"error: {tmp_path / 'ro' / 'train.bin.part'}: Permission denied"
 
 
+@pytest.mark.parametrize("program", ["train.py", "sample.py", "data.py"])
+def test_ctrl_c_while_a_program_starts_ends_quietly(program):
+    """Ctrl-C while torch is still loading (a second or two) ends like Ctrl-C later: status 130,
+    no traceback."""
+    started = subprocess.Popen([sys.executable, program, "--help"], cwd=REPO, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.2)  # the interpreter is up, torch not yet imported
+    started.send_signal(signal.SIGINT)
+    _, err = started.communicate(timeout=60)
+    assert started.returncode == 130 and "Traceback" not in err, err[-500:]
+
+
 def test_a_full_disk_while_tokenizing_names_the_file_and_leaves_no_part(tmp_path, monkeypatch):
     real = data.write_tokens
 
