@@ -45,15 +45,16 @@ def print_start(run, splits, cfg, device, dtype, world):
 
 
 def print_settings(configs, given, source):
-    """The settings that differ from the defaults `--help` shows, by where they came from: the
-    command line, or source (a --model's own defaults, or a resumed run's checkpoint)."""
-    differ = {f.name: getattr(c, f.name) for c in configs for f in dataclasses.fields(c)
-              if getattr(c, f.name) != f.default}
-    for where, names in ((source, [k for k in differ if k not in given]),
-                         ("the command line", [k for k in differ if k in given])):
+    """The settings a run uses that are not `--help`'s plain defaults, by where they came from:
+    source (a --model's own defaults, or a resumed run's checkpoint), and the command line (every
+    flag given, even one that repeats a default: it may override the --model's)."""
+    value = {f.name: getattr(c, f.name) for c in configs for f in dataclasses.fields(c)}
+    brought = [f.name for c in configs for f in dataclasses.fields(c)
+               if f.name not in given and value[f.name] != f.default]
+    for where, names in ((source, brought), ("the command line", list(given))):
         if names:
-            runtime.say(f"settings from {where}: " + " ".join(flag(k, differ[k]) for k in names))
-    if not differ:
+            runtime.say(f"settings from {where}: " + " ".join(flag(k, value[k]) for k in names))
+    if not brought and not given:
         runtime.say("settings: the defaults (python train.py --help lists them)")
 
 

@@ -543,7 +543,7 @@ def printed_settings(line):
 
 def test_a_run_says_which_settings_it_applied_and_where_its_loss_stands(corpus, tmp_path, capsys):
     given = ["--data_dir", corpus, "--out_dir", str(tmp_path), *TINY, "--model", "bert",
-             "--max_steps", "5"]
+             "--max_steps", "5", "--optimizer", "adamw"]  # (--help's default, not BERT's)
     runtime.run_program(train.main, given)
     lines = capsys.readouterr().out.splitlines()
     brought = next(line for line in lines if line.startswith("settings from --model bert: "))
@@ -554,7 +554,8 @@ def test_a_run_says_which_settings_it_applied_and_where_its_loss_stands(corpus, 
             assert name in typed and name not in brought
         else:
             assert brought[name] == str(value), name
-    assert typed["max_steps"] == "5" and typed["model"] == "bert"
+    assert typed["max_steps"] == "5" and typed["model"] == "bert" and typed["optimizer"] == "adamw"
+    assert typed.keys() == {flag[2:] for flag in given if flag.startswith("--")}  # each, once
     # the unigram plateau: the entropy of the train split's token frequencies, in nats
     counts = np.unique(np.fromfile(Path(corpus) / "train.bin", dtype=np.uint16),
                        return_counts=True)[1]
