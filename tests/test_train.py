@@ -521,7 +521,8 @@ def test_profile_writes_a_trace_and_a_table_of_the_largest_operators(corpus, tmp
 
     times = [self_time(row) for row in rows]
     assert len(rows) >= 5 and times == sorted(times, reverse=True)  # the largest first
-    assert rows[0].split()[0] in names  # an operator of the trace
+    # an operator of the trace (or the steps' own time outside operators: "ProfilerStep*")
+    assert rows[0].split()[0] in {re.sub(r"#\d+$", "*", name) for name in names}
     # the next session of this run does not profile unless asked again; too short a one is refused
     runtime.run_program(train.main, ["--out_dir", str(tmp_path), "--init_from", "resume",
                                      "--max_steps", "7"])
