@@ -20,7 +20,9 @@ Run:       python data.py        (prepares data/wikitext-2, or says it is up to 
 Read next: data.py.
 """
 
+import contextlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -32,9 +34,12 @@ from fetch import DataError
 
 def lock(data_dir):
     """Hold data_dir/prepare.lock while a run prepares the folder. A second run that prepares it
-    at the same time waits, then finds it up to date (runtime.locked says how the lock works)."""
+    at the same time waits, then finds it up to date (runtime.locked says how the lock works). A
+    folder this process may not write to (a shared, prepared one) is only read: no lock."""
     def busy(holder):
         print(f"data: {data_dir} is being prepared by process {holder}; waiting for it")
+    if not os.access(data_dir, os.W_OK):
+        return contextlib.nullcontext()
     return runtime.locked(Path(data_dir) / "prepare.lock", busy)
 
 

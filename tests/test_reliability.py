@@ -296,6 +296,15 @@ def test_two_runs_preparing_one_folder_at_once_take_turns(tmp_path):
     assert prepared.complete(tmp_path / "d", prepared.read_meta(tmp_path / "d"))
 
 
+def test_a_prepared_folder_that_cannot_be_written_is_read_as_it_is(corpus, monkeypatch):
+    """A shared folder, prepared, read-only for this user: no lock file can be made there, and
+    none is needed to read it. (Simulated: the tests may run as root, who may write anywhere.)"""
+    before = prepared.read_meta(corpus / "prepared")
+    monkeypatch.setattr(prepared.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(runtime, "locked", lambda *args: pytest.fail("a lock was taken"))
+    assert data.prepare(corpus / "prepared") == before  # up to date, read as it is
+
+
 def test_a_prepared_folder_trains_after_its_text_moved(tmp_path):
     (tmp_path / "notes.txt").write_text("Notes about birds and trees. " * 300, encoding="utf-8")
     data.prepare(tmp_path / "prepared", text=str(tmp_path / "notes.txt"), clean_text=False)
