@@ -44,17 +44,21 @@ def print_start(run, splits, cfg, device, dtype, world):
         f"processes = {B * T * accum * world:,}; optimizer: {cfg.optimizer}")
 
 
-def print_settings(configs, given, source):
+def print_settings(configs, given, source, brought):
     """The settings a run uses that are not `--help`'s plain defaults, by where they came from:
-    source (a --model's own defaults, or a resumed run's checkpoint), and the command line (every
-    flag given, even one that repeats a default: it may override the --model's)."""
+    source, which brought the values `brought` (a --model's own defaults, or a resumed run's
+    checkpoint); the command line (every flag given, even one that repeats a default: it may
+    override the --model's); or neither, a default fitted to the flags (config.fresh_configs)."""
     value = {f.name: getattr(c, f.name) for c in configs for f in dataclasses.fields(c)}
-    brought = [f.name for c in configs for f in dataclasses.fields(c)
-               if f.name not in given and value[f.name] != f.default]
-    for where, names in ((source, brought), ("the command line", list(given))):
+    other = [f.name for c in configs for f in dataclasses.fields(c)
+             if f.name not in given and value[f.name] != f.default]
+    wheres = {f"from {source}": [k for k in other if k in brought and brought[k] == value[k]],
+              "from the command line": list(given)}
+    wheres["fitted to the flags"] = [k for k in other if k not in wheres[f"from {source}"]]
+    for where, names in wheres.items():
         if names:
-            runtime.say(f"settings from {where}: " + " ".join(flag(k, value[k]) for k in names))
-    if not brought and not given:
+            runtime.say(f"settings {where}: " + " ".join(flag(k, value[k]) for k in names))
+    if not other and not given:
         runtime.say("settings: the defaults (python train.py --help lists them)")
 
 

@@ -127,8 +127,9 @@ def train(mcfg, cfg, checkpoint, device, dtype, given):
     """Set up a run, then loop: the data, the model, the processes it runs in, the optimizer, and
     a resumed run's state."""
     resumed = checkpoint is not None
-    monitor.print_settings((mcfg, cfg), given,
-                           "the checkpoint" if resumed else f"--model {cfg.model}")
+    monitor.print_settings((mcfg, cfg), given, *(
+        ("the checkpoint", {**checkpoint["model_config"], **checkpoint["train_config"]})
+        if resumed else (f"--model {cfg.model}", objective_for(cfg.model).defaults)))
     splits, objective, mcfg = open_data(mcfg, cfg, checkpoint, given)
     torch.manual_seed(cfg.seed)  # the same initial weights in every process
     raw = new_model(objective, mcfg, cfg, checkpoint).to(device)

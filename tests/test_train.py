@@ -607,6 +607,18 @@ def test_the_loss_plot_puts_its_ticks_at_round_values(lo, hi):
         assert found == [9.5, 10.0, 10.5, 11.0]  # worked out by hand
 
 
+def test_a_default_fitted_to_the_flags_is_printed_as_such(corpus, tmp_path, capsys):
+    """Not as brought by --model bert (BERT's warmup is 100 steps), nor as typed."""
+    i = TINY.index("--warmup_steps")
+    flags = TINY[:i] + TINY[i + 2:]  # BERT's own warmup then, 100 steps, for a run of 5
+    runtime.run_program(train.main, ["--data_dir", corpus, "--out_dir", str(tmp_path), *flags,
+                                     "--model", "bert", "--max_steps", "5"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "settings fitted to the flags: --warmup_steps 1" in lines
+    brought = next(line for line in lines if line.startswith("settings from --model bert: "))
+    assert "warmup_steps" not in printed_settings(brought)
+
+
 def test_every_setting_has_a_help_text(capsys, monkeypatch):
     # no line wrapping in the help (it can split words at hyphens)
     monkeypatch.setenv("COLUMNS", "10000")
