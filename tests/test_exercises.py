@@ -73,13 +73,17 @@ def test_the_reference_solutions_pass_their_checks(tmp_path):
     shutil.copytree(REPO / "solutions", copy / "solutions")
     for path in [*REPO.glob("*.py"), REPO / "pytest.ini"]:
         shutil.copy(path, copy)
+    # Inside another git work tree (a temporary folder under a checkout), git apply would take the
+    # patch's paths from that tree's top and skip them all without a word: keep git out of it.
+    env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(copy.parent)}
     for name in EXERCISES:
-        applied = subprocess.run(
-            ["git", "apply", f"solutions/{name}.patch"], cwd=copy, capture_output=True, text=True
-        )
+        before = {p: p.read_bytes() for p in copy.glob("*.py")}
+        applied = subprocess.run(["git", "apply", f"solutions/{name}.patch"], cwd=copy, env=env,
+                                 capture_output=True, text=True)
         assert (
             applied.returncode == 0
         ), f"solutions/{name}.patch no longer applies: {applied.stderr}"
+        assert any(p.read_bytes() != code for p, code in before.items()), f"{name}: nothing changed"
     results = run_checks(copy, tmp_path / "report.xml")
     assert sorted(results) == EXERCISES
     assert all(failed == 0 for _, failed in results.values()), results
