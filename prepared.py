@@ -81,18 +81,13 @@ def plan(data_dir, text, *, val_fraction, clean_text, vocab_size, wikitext):
 
 
 def tokenizer_size(cfg, given):
-    """The tokenizer train.py prepares cfg.data_dir with (None: GPT-2's), given the flags of the
-    command line. A folder already prepared keeps the one it was made with, so `--model bert
-    --data_dir data/wikitext-2` trains on GPT-2's tokens as they are; asking it for another is
-    refused (check_same_tokenizer), and so is asking a trained folder for GPT-2's."""
-    meta = read_meta(cfg.data_dir)
-    if meta is not None and "tokenizer_size" not in given:
+    """The tokenizer train.py asks cfg.data_dir for (0: GPT-2's; None: the one the folder has),
+    given the flags of the command line. A folder already prepared keeps the one it was made with
+    unless --tokenizer_size is given, so `--model bert --data_dir data/wikitext-2` trains on
+    GPT-2's tokens as they are; asking it for another is refused (check_same_tokenizer)."""
+    if read_meta(cfg.data_dir) is not None and "tokenizer_size" not in given:
         return None
-    if meta is not None and not cfg.tokenizer_size and "vocab_size" in meta["source"]:
-        raise runtime.ConfigError(f"--tokenizer_size 0: --data_dir {cfg.data_dir} holds the tokens "
-                                  f"of a trained tokenizer ({meta['tokenizer']}); prepare GPT-2's "
-                                  f"in a folder of its own (another --data_dir)")
-    return cfg.tokenizer_size or None
+    return cfg.tokenizer_size
 
 
 def write_meta(data_dir, enc, tokens, source, seconds):
@@ -135,11 +130,16 @@ def check_same_source(data_dir, remembered, text):
 
 
 def check_same_tokenizer(data_dir, meta, vocab_size):
-    """A prepared folder keeps its tokenizer. Asking it for another (--tokenizer_size) is refused
-    before anything is written: tokenized again in place, it would strand every checkpoint
-    trained on its tokens. Another tokenizer goes into a folder of its own."""
-    if meta is None or not vocab_size or vocab_size == meta["source"].get("vocab_size"):
+    """A prepared folder keeps its tokenizer. Asking it for another (--tokenizer_size N, or 0 for
+    GPT-2's; None asks for none) is refused before anything is written: tokenized again in place,
+    it would strand every checkpoint trained on its tokens. Another tokenizer goes into a folder
+    of its own."""
+    if meta is None or vocab_size is None or vocab_size == meta["source"].get("vocab_size", 0):
         return
+    if not vocab_size:
+        raise runtime.ConfigError(f"--tokenizer_size 0: --data_dir {data_dir} holds the tokens of "
+                                  f"a trained tokenizer ({meta['tokenizer']}); prepare GPT-2's in "
+                                  f"a folder of its own (another --data_dir)")
     size = f"{vocab_size // 1024}k" if vocab_size % 1024 == 0 else str(vocab_size)
     elsewhere = re.sub(r"-bpe\d+k?$", "", str(data_dir)) + f"-bpe{size}"
     raise runtime.ConfigError(f"--tokenizer_size {vocab_size}: --data_dir {data_dir} holds the "
