@@ -8,7 +8,8 @@ of the file that teaches the loop.
     defaults, and no flag that the code does not read; BERT starts from defaults of its own
     (mlm.MLM.defaults);
   * the configs of a fresh run (`fresh_configs`: the defaults, a --model's own, the flags given;
-    a default warmup too long for a short run shrinks with it) and of a resumed one
+    a default that does not fit them, the warmup of a short run or the min_lr of a low lr, keeps
+    its share) and of a resumed one
     (`resume_configs`: the checkpoint's settings, with the flags given on top);
   * the settings that cannot work together, refused in one line (`check_settings`).
 
@@ -122,8 +123,7 @@ def resume_configs(checkpoint, given, out_dir):
              if k in given and k not in switches and given[k] != v]
     # (a checkpoint from before --optimizer gets TrainConfig's default, AdamW, as make_configs does)
     for key, saved in (("model", saved_train["model"]),
-                       ("optimizer", saved_train.get("optimizer",
-                                                     TRAIN_FIELDS["optimizer"].default))):
+                       ("optimizer", saved_train.get("optimizer", TrainConfig.optimizer))):
         if given.get(key, saved) != saved:
             diffs.append(f"--{key} {given[key]} (checkpoint: {saved})")
     if diffs:

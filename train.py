@@ -127,9 +127,12 @@ def train(mcfg, cfg, checkpoint, device, dtype, given):
     """Set up a run, then loop: the data, the model, the processes it runs in, the optimizer, and
     a resumed run's state."""
     resumed = checkpoint is not None
-    monitor.print_settings((mcfg, cfg), given, *(
-        ("the checkpoint", {**checkpoint["model_config"], **checkpoint["train_config"]})
-        if resumed else (f"--model {cfg.model}", objective_for(cfg.model).defaults)))
+    if resumed:  # what the settings not given come from, and the values they bring
+        source, brought = "the checkpoint", {**checkpoint["model_config"],
+                                             **checkpoint["train_config"]}
+    else:
+        source, brought = f"--model {cfg.model}", objective_for(cfg.model).defaults
+    monitor.print_settings((mcfg, cfg), given, source, brought)
     splits, objective, mcfg = open_data(mcfg, cfg, checkpoint, given)
     torch.manual_seed(cfg.seed)  # the same initial weights in every process
     raw = new_model(objective, mcfg, cfg, checkpoint).to(device)
