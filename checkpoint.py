@@ -7,7 +7,8 @@ checks, and turns it into a model again.
   * `lock`: one run at a time in an --out_dir;
   * `save_checkpoint`: atomic (a temporary file, flushed, then renamed over the old one);
   * `load_checkpoint`: refuses what is not a checkpoint, with one line that says why;
-  * `objective_for`: the one place that maps the model kind (--model gpt|bert) to its objective;
+  * `objective_for`: the one place that maps the model kind (--model gpt|bert|electra) to its
+    objective;
   * `fit_vocabulary`: a model's vocabulary for the data's tokenizer (or a refusal);
   * `load_model`: a checkpoint's model with its trained weights, objective and tokenizer;
     `load_gpt2`: OpenAI's GPT-2;
@@ -32,6 +33,7 @@ import prepared
 import runtime
 import shard
 from clm import CLM
+from electra import RTD
 from mlm import MLM
 from model import EOT_ID, GPT, ModelConfig
 from runtime import ConfigError, UserError
@@ -45,13 +47,19 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be used or written; the message says why and what to do."""
 
 
-def objective_for(kind, mask_prob=MLM.mask_prob, eot_id=EOT_ID, edges=None, fused=False):
-    """GPT learns by next-token prediction (clm.py), BERT by masked LM (mlm.py), whose masking
-    needs to know the tokenizer's <|endoftext|> id (eot_id), and where its words begin to hide
-    whole words (edges: mlm.word_edges; None hides tokens). fused: the loss by the model's head in
-    one pass (model.HeadLoss) instead of as the objective's lesson writes it (train.py's
-    --fused_head)."""
-    return CLM(fused) if kind == "gpt" else MLM(mask_prob, eot_id, edges, fused)
+OBJECTIVES = {"gpt": CLM, "bert": MLM, "electra": RTD}  # --model: what it learns by
+
+
+def objective_for(kind, **settings):
+    """GPT learns by next-token prediction (clm.py), BERT by masked LM (mlm.py), ELECTRA by
+    replaced-token detection (electra.py). Each objective takes the settings it has a field for:
+    mask_prob, the tokenizer's <|endoftext|> id (eot_id), where its words begin to hide whole words
+    (edges: mlm.word_edges; None hides tokens), ELECTRA's λ (disc_weight); fused: the loss by the
+    model's head in one pass (model.HeadLoss) instead of as the objective's lesson writes it
+    (train.py's --fused_head)."""
+    objective = OBJECTIVES[kind]
+    names = {f.name for f in dataclasses.fields(objective)}
+    return objective(**{name: value for name, value in settings.items() if name in names})
 
 
 def lock(out_dir):
@@ -126,7 +134,7 @@ def load_model(checkpoint, model_config=None):
     model_config: the checkpoint's own unless given (a resumed run may change how the model
     computes). A checkpoint without a trained tokenizer (or older than them) used GPT-2's."""
     train_config, enc = checkpoint["train_config"], data.tokenizer(checkpoint.get("tokenizer"))
-    objective = objective_for(train_config["model"], train_config["mask_prob"], enc.eot_token)
+    objective = objective_for(train_config["model"], **train_config, eot_id=enc.eot_token)
     model = objective.Model(model_config or ModelConfig(**checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model"])
     return model, objective, enc

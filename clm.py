@@ -46,6 +46,11 @@ def next_token_targets(idx):
     return F.pad(idx[:, 1:], (0, 1), value=IGNORE)
 
 
+def means(totals):
+    """{metric: sum / count} from an evaluation's totals {metric: (sum, count)} (data.evaluate)."""
+    return {name: (s / n).item() for name, (s, n) in totals.items()}
+
+
 def clm_loss(logits, targets):
     """Mean cross-entropy of logits (B, T, V) against targets (B, T), IGNORE left out.
     Shifting the targets, not the logits, keeps the (B, T, V) logits as they are: slicing off
@@ -66,6 +71,9 @@ class CLM:
     head_fraction = 1.0  # the LM head scores every position (model.flops_per_token)
     curves = ("train loss", "val loss")  # what the two lines of loss.svg measure
 
+    token_loss = "loss"  # the metric that scores tokens of the vocabulary (val_ppl is its exp)
+    terms = {}  # parts of the loss to log beside it: none
+
     def train_batch(self, tokens, generator=None):
         """(inputs, targets) from token blocks (B, T). Nothing is random: no generator is used."""
         return tokens, next_token_targets(tokens)
@@ -82,12 +90,12 @@ class CLM:
             return clm_loss(logits, targets)
         return model(inputs, targets)
 
-    metrics = ("loss",)  # what evaluation reports
-
     def eval_sums(self, model, inputs, targets):
         """{metric: (sum of token losses, number of tokens)} for one evaluation batch."""
         n = (targets != IGNORE).sum().item()
         return {"loss": (self.loss(model, inputs, targets).item() * n, n)}
+
+    summarize = staticmethod(means)  # the metrics from the sums over the whole split
 
     def describe(self, metrics):
         return f"loss {metrics['loss']:.4f}, perplexity {math.exp(metrics['loss']):.2f}"

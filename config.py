@@ -32,7 +32,9 @@ from model import ModelConfig, check, check_choices, setting
 
 @dataclass
 class TrainConfig:
-    model: Literal["gpt", "bert"] = setting("gpt", "gpt: causal LM (clm.py); bert: masked LM")
+    model: Literal["gpt", "bert", "electra"] = setting(
+        "gpt", "gpt: causal LM (clm.py); bert: masked LM (mlm.py); electra: replaced-token "
+        "detection (electra.py)")
     data_dir: str = setting(data.WIKITEXT_DIR, "the corpus's .bin files (data.py prepares them)")
     tokenizer_size: int = setting(0, "0: GPT-2's tokenizer; N: one of N ids trained on the "
                                   "training text (bpe.py), for a --data_dir not yet prepared")
@@ -64,6 +66,7 @@ class TrainConfig:
                                "paper: 0.15; docs/bert.md)")
     mask_unit: Literal["tokens", "words"] = setting(
         "tokens", "BERT: hide tokens, or whole words (every piece of a word BPE splits)")
+    disc_weight: float = setting(50.0, "ELECTRA: λ in L_MLM + λ·L_disc (Clark et al. 2020)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
         "auto", "auto: bfloat16 where fast (recent GPUs, some CPUs), else float16 on GPUs, "
         "float32 on CPUs")
@@ -105,6 +108,7 @@ class TrainConfig:
             check(0 <= getattr(self, name) < 1, name, getattr(self, name), "must be in [0, 1)")
         check(self.eps > 0, "eps", self.eps, "must be positive")
         check(0 < self.mask_prob < 1, "mask_prob", self.mask_prob, "must be between 0 and 1")
+        check(self.disc_weight > 0, "disc_weight", self.disc_weight, "must be positive")
 
 
 MODEL_FIELDS, TRAIN_FIELDS = ModelConfig.__dataclass_fields__, TrainConfig.__dataclass_fields__
@@ -136,12 +140,17 @@ def resume_configs(checkpoint, given, out_dir):
 def parse_args(argv=None):
     """{name: value} of the flags given: main makes the configs from them (with the defaults, or
     with a checkpoint's settings). Defaults and help texts live in the dataclasses' fields
-    (model.setting); BERT starts from a few defaults of its own (mlm.MLM.defaults)."""
-    parser = runtime.Parser(prog="train.py", description="Pretrain a GPT or a BERT.",
+    (model.setting); BERT and ELECTRA start from a few defaults of their own (mlm.MLM.defaults,
+    electra.RTD.defaults)."""
+    parser = runtime.Parser(prog="train.py", description="Pretrain a GPT, a BERT or an ELECTRA.",
                             argument_default=argparse.SUPPRESS)
-    bert = {k: f"with --model bert: {v}" for k, v in objective_for("bert").defaults.items()}
+    notes = {}  # "with --model bert: 128; electra: 128"
+    for kind in ("bert", "electra"):
+        for name, value in objective_for(kind).defaults.items():
+            notes[name] = notes[name] + f"; {kind}: {value}" if name in notes \
+                else f"with --model {kind}: {value}"
     for cls in (ModelConfig, TrainConfig):
-        parser.add_config(cls, bert)
+        parser.add_config(cls, notes)
     return vars(parser.parse_args(argv))  # only the flags on the command line
 
 
@@ -190,6 +199,14 @@ def check_settings(cfg, given):
         if cfg.model == "gpt":
             raise runtime.ConfigError(f"--{name} sets what a BERT hides; a GPT hides nothing: "
                                       f"add --model bert, or leave --{name} out")
+    for name in sorted(given.keys() & {"disc_weight", "generator_n_embd"}):  # ELECTRA's own
+        if cfg.model != "electra":
+            raise runtime.ConfigError(f"--{name} sets a part of ELECTRA, which a "
+                                      f"{cfg.model.upper()} does not have: add --model electra, "
+                                      f"or leave --{name} out")
+    if cfg.model == "electra" and cfg.fused_head:
+        raise runtime.ConfigError("--fused_head never holds the logits, and ELECTRA samples its "
+                                  "replacements from the generator's: leave --fused_head out")
     architecture = {"vocab_size", "n_layer", "n_head", "n_embd", "bias"}
     if cfg.init_from == "gpt2" and (cfg.model != "gpt" or given.keys() & architecture):
         raise runtime.ConfigError("--init_from gpt2 takes its architecture from GPT-2's weights: "

@@ -419,35 +419,37 @@ def eval_batches(n_tokens, block_size, batch_size, stride):
 
 @torch.no_grad()
 def evaluate(model, objective, tokens, batch_size, autocast, max_batches=0):
-    """{metric: mean loss per predicted token, "tokens": number predicted} over a split read in
-    order (eval_batches): the objective makes each batch and says what it counts. max_batches > 0
-    stops early. With several processes, each takes every world-th batch, and the sums are added
-    up across them: the same numbers as one process gets. Each process runs as many batches as the
-    others (one past the end repeats the last batch, uncounted): a sharded model (shard.py)
-    gathers its weights from all processes at every forward."""
+    """{metric: its value, "tokens": number predicted} over a split read in order
+    (eval_batches): the objective makes each batch (a tuple of tensors) and says what it counts,
+    {metric: (sum, count)}, which are added up over the split, and turned into metrics (means, for
+    most). max_batches > 0 stops early. With several processes, each takes every world-th batch,
+    and the sums are added up across them: the same numbers as one process gets. Each process runs
+    as many batches as the others (one past the end repeats the last batch, uncounted): a sharded
+    model (shard.py) gathers its weights from all processes at every forward."""
     rank, world = runtime.rank_and_world()
     T, device = model.config.block_size, next(model.parameters()).device
     plan = eval_batches(len(tokens), T, batch_size, T - objective.eval_overlap)
     plan = plan[: max_batches or None]
     was_training = model.training
     model.eval()
-    totals = torch.zeros(len(objective.metrics), 2, dtype=torch.float64, device=device)
+    totals = {}  # {metric: float64 tensor}, summed over the batches
     for i in tqdm(range(rank, len(plan) + (-len(plan)) % world, world), desc="evaluating",
                   leave=False, disable=None if runtime.is_main() else True):
         starts, length = plan[min(i, len(plan) - 1)]
-        inputs, targets = objective.eval_batch(read_blocks(tokens, starts, length), starts)
-        inputs, targets = runtime.to_device(inputs, device), runtime.to_device(targets, device)
+        batch = objective.eval_batch(read_blocks(tokens, starts, length), starts)
         with autocast:
-            sums = objective.eval_sums(model, inputs, targets)
-        if i < len(plan):
-            totals += torch.tensor([sums[name] for name in objective.metrics], device=device)
+            sums = objective.eval_sums(model, *(runtime.to_device(x, device) for x in batch))
+        for name, value in sums.items():  # (a repeated last batch adds zeros)
+            value = torch.stack([torch.as_tensor(v) for v in value]).to(device, torch.float64)
+            totals[name] = totals.get(name, 0) + value * (i < len(plan))
     model.train(was_training)
     if world > 1:
-        torch.distributed.all_reduce(totals)
-    if totals[0, 1] == 0:
+        for name in sorted(totals):  # the same order in every process
+            torch.distributed.all_reduce(totals[name])
+    counted = next(iter(totals.values()))[1] if totals else 0  # the first metric's count
+    if counted == 0:
         raise DataError(f"nothing to score: {len(tokens)} tokens, none of them a target")
-    metrics = {name: (s / n).item() for name, (s, n) in zip(objective.metrics, totals)}
-    return {**metrics, "tokens": int(totals[0, 1])}
+    return {**objective.summarize(totals), "tokens": int(counted)}
 
 
 def main(argv=None):

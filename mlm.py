@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from clm import means
 from model import BERT, EOT_ID, IGNORE
 
 EVAL_MASK_PROB = 0.15  # evaluation always hides 15%, whatever the training rate, so runs compare
@@ -139,6 +140,8 @@ class MLM:
                 "min_lr": 3e-4, "warmup_steps": 100, "optimizer": "muon", "max_steps": 4200,
                 "eval_interval": 2100, "data_dir": "data/wikitext-2-bpe8k", "tokenizer_size": 8192}
     eval_overlap = 0  # evaluation blocks do not overlap: every token is in exactly one
+    token_loss = "loss"  # the metric that scores tokens of the vocabulary (val_ppl is its exp)
+    terms = {}  # parts of the loss to log beside it: none
 
     @property
     def head_fraction(self):
@@ -170,8 +173,6 @@ class MLM:
             return mlm_loss(logits, targets[chosen])
         return model(inputs, targets=targets)
 
-    metrics = ("loss", "mask_loss")  # what evaluation reports
-
     def eval_sums(self, model, inputs, targets):
         """{metric: (sum of token losses, number of tokens)}: all chosen positions, and those
         replaced by [MASK] only."""
@@ -181,6 +182,8 @@ class MLM:
         at_mask = inputs[chosen] == self.eot_id + 1  # [MASK]
         return {"loss": (losses.sum().item(), chosen.sum().item()),
                 "mask_loss": (losses[at_mask].sum().item(), at_mask.sum().item())}
+
+    summarize = staticmethod(means)  # the metrics from the sums over the whole split
 
     def describe(self, metrics):
         """The evaluation line. Its "pseudo-perplexity" is exp(MLM loss): a perplexity's formula

@@ -78,6 +78,8 @@ class ModelConfig:
     dropout: float = setting(0.0, "on embeddings, attention weights and residual branches (0: off)")
     bias: bool = setting(True, "biases in Linear and LayerNorm layers, as in GPT-2 and BERT")
     embedding_layernorm: bool = setting(False, "a LayerNorm on the embeddings, as BERT has")
+    generator_n_embd: int = setting(0, "ELECTRA: the generator's width (0: half of n_embd; "
+                                    "electra.py)")
     # The two switches below change how the forward pass is computed, never what it computes.
     explicit_attention: bool = setting(False, "attention step by step instead of fused SDPA")
     grad_checkpointing: bool = setting(False, "keep only block inputs; recompute in backward")
@@ -93,6 +95,8 @@ class ModelConfig:
               f"must be a multiple of --n_head {self.n_head}")
         check(self.position != "rope" or self.n_embd // self.n_head % 2 == 0, "n_head",
               self.n_head, "RoPE turns pairs of channels: --n_embd / --n_head must be even")
+        check(self.generator_n_embd % 2 == 0 and self.generator_n_embd >= 0, "generator_n_embd",
+              self.generator_n_embd, "must be even (its heads turn pairs of channels), or 0")
 
 
 def attention_mask(T_q, T_k, causal, key_mask, device):
@@ -214,16 +218,24 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """Embeddings, n_layer blocks and a final LayerNorm: token ids (B, T) -> features (B, T, C)."""
 
-    def __init__(self, config, causal):
+    def __init__(self, config, causal, embeddings=None):
+        """embeddings: None, or another Transformer whose embeddings (tokens, positions, their
+        LayerNorm) this one reads too, as ELECTRA's generator reads its discriminator's
+        (electra.py). Embeddings of another width than n_embd are projected to it."""
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings
-        learned = config.position == "learned"  # else RoPE, inside attention: no table here
-        self.wpe = nn.Embedding(config.block_size, config.n_embd) if learned else None
-        # BERT (Devlin et al. 2019) normalises its embeddings before the first block; GPT-2 does
-        # not. Tokens then enter the residual stream at unit scale, not at the 0.02 of their init.
-        layernorm = config.embedding_layernorm
-        self.ln_emb = nn.LayerNorm(config.n_embd, bias=config.bias) if layernorm else None
+        if embeddings is None:
+            self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings
+            learned = config.position == "learned"  # else RoPE, inside attention: no table here
+            self.wpe = nn.Embedding(config.block_size, config.n_embd) if learned else None
+            # BERT (Devlin et al. 2019) normalises its embeddings before the first block; GPT-2
+            # does not. Tokens then enter the residual stream at unit scale, not at 0.02 (init).
+            layernorm = config.embedding_layernorm
+            self.ln_emb = nn.LayerNorm(config.n_embd, bias=config.bias) if layernorm else None
+        else:  # the same modules, so the same tensors: one table, trained by both models
+            self.wte, self.wpe, self.ln_emb = embeddings.wte, embeddings.wpe, embeddings.ln_emb
+        E, C = self.wte.embedding_dim, config.n_embd
+        self.proj_in = nn.Linear(E, C, bias=config.bias) if E != C else None  # E -> C
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config, causal) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
@@ -240,6 +252,8 @@ class Transformer(nn.Module):
             x = x + self.wpe(torch.arange(start, start + T, device=idx.device))  # + (T, C)
         if self.ln_emb is not None:
             x = self.ln_emb(x)
+        if self.proj_in is not None:
+            x = self.proj_in(x)  # (B, T, E) -> (B, T, C)
         x = self.drop(x)
         for i, block in enumerate(self.h):
             if self.config.grad_checkpointing and self.training and torch.is_grad_enabled():
@@ -323,15 +337,19 @@ CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_
 class BERT(nn.Module):
     """Encoder-only LM: the same blocks without the causal mask, and BERT's masked-LM head."""
 
-    def __init__(self, config):
+    def __init__(self, config, embeddings=None):
+        """embeddings: None, or a Transformer whose embeddings this BERT shares (ELECTRA's
+        generator: electra.py)."""
         super().__init__()
         self.config = config
-        self.transformer = Transformer(config, causal=False)
+        self.transformer = Transformer(config, causal=False, embeddings=embeddings)
         # The MLM head of BERT (Devlin et al. 2019): dense -> GELU -> LayerNorm -> a decoder tied
-        # to the token embedding, plus an output bias of its own.
-        self.head_dense = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        # to the token embedding, plus an output bias of its own. (Its dense layer ends at the
+        # embeddings' width, which is n_embd unless they are shared.)
+        width = self.transformer.wte.embedding_dim
+        self.head_dense = nn.Linear(config.n_embd, width, bias=config.bias)
         self.head_gelu = nn.GELU(approximate="tanh")
-        self.head_ln = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.head_ln = nn.LayerNorm(width, bias=config.bias)
         self.head_bias = nn.Parameter(torch.zeros(config.vocab_size)) if config.bias else None
         init_weights(self)
 
@@ -460,8 +478,9 @@ def param_groups(model, weight_decay, muon=False):
     2024 keep embeddings and the output layer on AdamW)."""
     params = [p for p in model.parameters() if p.requires_grad]
     embedding = model.transformer.wte.weight
-    linear = {id(m.weight) for m in model.modules()
-              if muon and isinstance(m, nn.Linear) and m.weight is not embedding}
+    linear = {id(m.weight) for m in model.modules()  # (one output: a vector that scores, no map)
+              if muon and isinstance(m, nn.Linear) and m.weight is not embedding
+              and m.out_features > 1}
     groups = [
         {"params": [p for p in params if p.dim() >= 2 and id(p) not in linear],
          "weight_decay": weight_decay},
@@ -480,9 +499,10 @@ def flops_per_token(model, seq_len, head_fraction=1.0):
     N counts the blocks and the head (the tied LM-head matrix is a matmul); position lookups cost
     nothing. 12·L·H·Q·T: attention's QK^T and weights·V, with L layers, H heads, Q = head size
     and T = seq_len. head_fraction: the share of positions the head scores (1 for GPT; the masking
-    rate for BERT's sparse head)."""
-    cfg = model.config
-    n_blocks = sum(p.numel() for p in model.transformer.h.parameters())
+    rate for BERT's sparse head). A model of two Transformers (ELECTRA's) counts the blocks of
+    both; its small layers outside them (a projection, the discriminator's head) count as head."""
+    stacks = [m for m in model.modules() if isinstance(m, Transformer)]
+    n_blocks = sum(p.numel() for t in stacks for p in t.h.parameters())
     n_head = num_params(model, include_position=False) - n_blocks  # embedding/LM head (+ BERT's)
-    attention = 12 * cfg.n_layer * cfg.n_head * (cfg.n_embd // cfg.n_head) * seq_len
+    attention = sum(12 * t.config.n_layer * t.config.n_embd * seq_len for t in stacks)  # H·Q = C
     return 6 * (n_blocks + head_fraction * n_head) + attention

@@ -69,17 +69,18 @@ def flag(name, value):
     return f"--{name} {value}"
 
 
-def plateau_hint(loss, entropy):
-    """Where a val loss stands against the unigram plateau: the loss of a model that knows only
-    how often each token occurs (data.unigram_entropy). A nat below it, the model gives the right
-    token e times the probability that frequencies alone give: it has begun to use the context."""
+def plateau_hint(loss, entropy, name="loss"):
+    """Where a val loss (the metric `name`) stands against the unigram plateau: the loss of a
+    model that knows only how often each token occurs (data.unigram_entropy). A nat below it, the
+    model gives the right token e times the probability that frequencies alone give: it has begun
+    to use the context."""
     if loss > entropy - 1:
-        return (f"plateau: val loss {loss:.2f} against {entropy:.2f}, the loss of knowing only how "
-                f"often each token occurs: the model knows token frequencies only so far, and "
+        return (f"plateau: val {name} {loss:.2f} against {entropy:.2f}, the loss of knowing only "
+                f"how often each token occurs: the model knows token frequencies only so far, and "
                 f"fill-mask and samples answer frequent tokens until the loss drops below "
                 f"~{entropy - 1:.1f} (docs/bert.md)")
-    return (f"plateau: val loss {loss:.2f}, {entropy - loss:.2f} below {entropy:.2f}, the loss of "
-            f"knowing only how often each token occurs: the model uses the context")
+    return (f"plateau: val {name} {loss:.2f}, {entropy - loss:.2f} below {entropy:.2f}, the loss "
+            f"of knowing only how often each token occurs: the model uses the context")
 
 
 def stopped(reason, step, path, saved):
@@ -103,7 +104,7 @@ def print_end(run, cfg, metrics, seconds, checkpoint, entropy):
     runtime.say(f"done: step {run.step}, {run.tokens:,} tokens seen, {seconds:.0f} s in this "
                 f"session\n"
         f"val {run.objective.describe(metrics)} (over {over}){skipped}\n"
-        f"{plateau_hint(metrics['loss'], entropy)}\n"
+        f"{plateau_hint(metrics[run.objective.token_loss], entropy, run.objective.token_loss)}\n"
         f"checkpoint: {checkpoint}\nlog: {out_dir / 'log.jsonl'}\n"
         f"loss curve: {out_dir / 'loss.svg'}")
 

@@ -21,6 +21,8 @@ and without the cache, the tokens are the same.
 
 Fill-mask (BERT): put [MASK] in the prompt where a word is missing; the model scores every word it
 can spell there, of one token or of several (`fill_mask`: a word of n tokens needs n [MASK]s).
+ELECTRA: its generator fills [MASK]s; a prompt without one is judged by the discriminator, each
+token with the probability that it was replaced (`print_replaced`).
 
 Perplexity: --eval val|test|file.txt runs data.evaluate, the exact pass over every token of
 the text. For a BERT it reports the masked-LM loss with fixed masks and its exponential, a
@@ -31,6 +33,7 @@ Export: --export_hf DIR writes a GPT in Hugging Face's format (export.py), for t
 Run:
     python sample.py --prompt "The history of the"                 (the GPT in out/ckpt.pt)
     python sample.py --ckpt out-bert/ckpt.pt --prompt "The capital of France is [MASK] ."
+    python sample.py --ckpt out-electra/ckpt.pt --prompt "The capital of France is tennis ."
     python sample.py --eval test                                    perplexity on the test split
     python sample.py --ckpt out/ckpt.dcp --prompt "The"             a sharded run's (--fsdp)
     python sample.py --init_from gpt2 --prompt "Hello"              OpenAI's GPT-2 (124M)
@@ -246,8 +249,10 @@ def main(argv=None):
     if not ids:
         raise runtime.ConfigError("--prompt: the prompt has no tokens: give some text, or "
                                   "<|endoftext|> to start from nothing")
-    if not objective.causal:  # a BERT fills in masks; a GPT continues the text
-        return print_fill_mask(model, ids, args.top_k or 5, enc)
+    if hasattr(model, "generator") and enc.eot_token + 1 not in ids:  # ELECTRA, text to judge
+        return print_replaced(model, ids, enc, device)
+    if not objective.causal:  # a BERT fills in masks (ELECTRA: its generator); a GPT continues
+        return print_fill_mask(getattr(model, "generator", model), ids, args.top_k or 5, enc)
     if enc.eot_token + 1 in ids:
         raise runtime.ConfigError("[MASK] in a prompt is for BERT checkpoints; this one is a GPT: "
                                   "give text to continue")
@@ -283,6 +288,19 @@ def print_fill_mask(model, ids, top_k, enc):
                                   f"block_size {model.config.block_size}")
     for n, words in enumerate(fill_mask(model, ids, enc, top_k), start=1):
         print(f"[MASK] {n}: " + ", ".join(f"{word!r} {p:.3f}" for word, p in words))
+
+
+def print_replaced(model, ids, enc, device):
+    """ELECTRA's discriminator on a text: each token, and the probability it gives that the token
+    was put there by the generator, not by the writer."""
+    if len(ids) > model.config.block_size:
+        raise runtime.ConfigError(f"--prompt has {len(ids)} tokens, more than the model's "
+                                  f"block_size {model.config.block_size}")
+    with torch.no_grad():
+        replaced = torch.sigmoid(model(torch.tensor([ids], device=device)).float())[0]  # (T,)
+    for token, p in zip(ids, replaced.tolist()):
+        flag = "  <- replaced?" if p > 0.5 else ""
+        print(f"{enc.decode([token])!r:>16} {p:.3f}{flag}")
 
 
 def parse_args(argv):

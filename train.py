@@ -11,9 +11,10 @@ One optimizer step, as `loop` runs it:
   4. the update, by AdamW (adamw.py) or Muon (muon.py), skipped by the scaler if fp16 overflowed;
   5. monitoring: loss, learning rate, gradient norm, tokens/s, MFU, skipped steps; a NaN stops
      the run; evaluation on the validation split; a checkpoint that makes resuming exact.
-The objective (clm.CLM for GPT, mlm.MLM for BERT) makes the batches and the loss; the loop is the
-same for both. The loss is the objective's lesson, the logits and then clm_loss or mlm_loss;
---fused_head computes the same number in the model's head, with less memory (model.HeadLoss).
+The objective (clm.CLM for GPT, mlm.MLM for BERT, electra.RTD for ELECTRA) makes the batches and
+the loss; the loop is the same for all. The loss is the objective's lesson, the logits and then
+clm_loss or mlm_loss; --fused_head computes the same number in the model's head, with less memory
+(model.HeadLoss).
 
 Before the loop, `train` sets a run up in this order: the data, the model, the processes it runs in
 (one, or torchrun's), the optimizer, and a resumed run's state. The settings are the fields of
@@ -23,6 +24,7 @@ defaults of `--help`, and ends saying where its loss stands.
 Run:
     python train.py                         GPT on WikiText-2 (fetched on first use), into out/
     python train.py --model bert            BERT with the masked-LM objective
+    python train.py --model electra         ELECTRA: replaced-token detection (electra.py)
     python train.py --init_from resume      continue out/ckpt.pt exactly where it stopped
     python train.py --init_from gpt2        continue pretraining OpenAI's GPT-2 (124M)
     python train.py --help                  every setting, with its default
@@ -77,7 +79,7 @@ class Run:
     model: torch.nn.Module  # what is trained: the model, maybe inside DDP and torch.compile
     optimizer: AdamW | Muon
     scaler: torch.amp.GradScaler  # fp16's loss scale (disabled for other dtypes)
-    objective: object  # clm.CLM or mlm.MLM: batches, loss, evaluation
+    objective: object  # clm.CLM, mlm.MLM or electra.RTD: batches, loss, evaluation
     generator: torch.Generator  # this process's training batches (and BERT's masks)
     step: int = 0  # optimizer steps done
     tokens: int = 0  # tokens trained on
@@ -166,7 +168,9 @@ def open_data(mcfg, cfg, checkpoint, given):
     edges = None  # where words begin, for a BERT that hides whole words
     if cfg.mask_unit == "words":
         edges = word_edges(data.tokenizer(data.read_vocab(cfg.data_dir)))
-    return splits, objective_for(cfg.model, cfg.mask_prob, eot_id, edges, cfg.fused_head), mcfg
+    objective = objective_for(cfg.model, mask_prob=cfg.mask_prob, eot_id=eot_id, edges=edges,
+                              fused=cfg.fused_head, disc_weight=cfg.disc_weight)
+    return splits, objective, mcfg
 
 
 def new_model(objective, mcfg, cfg, checkpoint):
@@ -219,18 +223,19 @@ def loop(run, splits, cfg, device, dtype):
                 group["lr"] = lr
             with record_function("batches"):  # a name in --profile's table and trace
                 batches = next_batches(run, splits["train"], B, T, accum, device)
-            loss, grad_norm, skipped = train_step(run, batches, cfg.grad_clip, autocast)
+            losses, grad_norm, skipped = train_step(run, batches, cfg.grad_clip, autocast)
+            loss = losses["loss"]
             run.step, run.tokens = run.step + 1, run.tokens + tokens_per_step
             run.skipped_steps += skipped
             tokens_per_s = tokens_per_step / (time.perf_counter() - t0)
-            record = {"step": run.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+            record = {"step": run.step, **losses, "lr": lr, "grad_norm": grad_norm,
                       "tokens": run.tokens, "tokens_per_s": round(tokens_per_s),
                       "mfu": flops * tokens_per_s / (peak * world) if peak else None,
                       "skipped_steps": run.skipped_steps}
             if run.step % cfg.eval_interval == 0 or run.step == stop:
                 metrics = evaluate(run, splits["val"], cfg, autocast)
                 record.update({f"val_{k}": v for k, v in metrics.items() if k != "tokens"},
-                              val_ppl=math.exp(metrics["loss"]))
+                              val_ppl=math.exp(metrics[run.objective.token_loss]))
             if runtime.is_main():
                 monitor.append(records, record, out_dir, f"{name} on {cfg.data_dir}",
                                run.objective.curves)
@@ -252,49 +257,51 @@ def loop(run, splits, cfg, device, dtype):
 
 
 def next_batches(run, tokens, B, T, accum, device):
-    """This process's accum micro-batches of one step, each (inputs, targets) of B rows on the
-    device: random token blocks, made into inputs and targets by the objective (CLM: the next
-    tokens; MLM: masked tokens). The generator, the same in every process, draws the whole step:
-    the blocks of every process, and BERT's masks; each process takes its share. So N processes
-    train on what one process with N times the accumulation trains on, and a run resumes on
-    another number of processes. (Dropout stays each process's own: train seeds it by rank.)"""
+    """This process's accum micro-batches of one step, each a tuple of tensors of B rows on the
+    device: random token blocks, made into (inputs, targets) by the objective (CLM: the next
+    tokens; MLM: masked tokens; ELECTRA adds the noise its sampling draws with). The generator,
+    the same in every process, draws the whole step: the blocks of every process, and BERT's
+    masks; each process takes its share. So N processes train on what one process with N times
+    the accumulation trains on, and a run resumes on another number of processes. (Dropout stays
+    each process's own: train seeds it by rank.)"""
     rank, world = runtime.rank_and_world()
     blocks = data.get_batch(tokens, B * accum * world, T, run.generator)  # the step's, all of it
-    inputs, targets = run.objective.train_batch(blocks, run.generator)
+    batch = run.objective.train_batch(blocks, run.generator)  # (inputs, targets, ...)
     mine = slice(rank * B * accum, (rank + 1) * B * accum)
-    return [(runtime.to_device(x, device), runtime.to_device(y, device))
-            for x, y in zip(inputs[mine].split(B), targets[mine].split(B))]
+    return list(zip(*(runtime.to_device(x[mine], device).split(B) for x in batch)))
 
 
 def train_step(run, micro_batches, grad_clip, autocast):
-    """One optimizer step over a list of (inputs, targets) micro-batches. Returns (mean loss,
-    gradient norm before clipping, whether the scaler skipped the update). Raises
-    FloatingPointError on a NaN/inf loss."""
+    """One optimizer step over a list of micro-batches, each the objective's (inputs, targets,
+    ...). Returns ({"loss": mean loss, and the parts the objective logs beside it}, gradient norm
+    before clipping, whether the scaler skipped the update). Raises FloatingPointError on a
+    NaN/inf loss."""
     model, optimizer, scaler, objective = run.model, run.optimizer, run.scaler, run.objective
     ddp = isinstance(model, DistributedDataParallel)
     fsdp = hasattr(model, "set_requires_gradient_sync")  # shard.wrap made it an FSDP module
-    total = 0.0
-    for i, (inputs, targets) in enumerate(micro_batches):
+    total = 0.0  # the loss and its parts (ELECTRA's two), summed over the micro-batches
+    for i, batch in enumerate(micro_batches):
         # average gradients across processes only once, after the last micro-batch
         if ddp:
             model.require_backward_grad_sync = i == len(micro_batches) - 1
         if fsdp:
             model.set_requires_gradient_sync(i == len(micro_batches) - 1)
         with autocast, record_function("forward and loss"):
-            loss = objective.loss(model, inputs, targets)
+            loss = objective.loss(model, *batch)
         # Dividing by the number of micro-batches makes the summed .grad the mean over all of
         # them: exactly the gradient of one batch len(micro_batches) times bigger.
         with record_function("backward"):
             scaler.scale(loss / len(micro_batches)).backward()
-        total += loss.detach()
-    loss = total / len(micro_batches)
-    if ddp or fsdp:  # every process reports the loss averaged over all of them
-        dist.all_reduce(loss)
-        loss /= dist.get_world_size()
+        total += torch.stack([loss.detach(), *objective.terms.values()]).float()
+    losses = total / len(micro_batches)
+    if ddp or fsdp:  # every process reports the losses averaged over all of them
+        dist.all_reduce(losses)
+        losses /= dist.get_world_size()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     scaler.unscale_(optimizer)  # fp16: divide the loss scale back out: true norms and clipping
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
-    loss, grad_norm = loss.item(), shard.local(grad_norm).item()  # FSDP: a norm over all slices
+    losses = dict(zip(["loss", *objective.terms], losses.tolist()))
+    loss, grad_norm = losses["loss"], shard.local(grad_norm).item()  # FSDP: a norm over all slices
     if not math.isfinite(loss) or (not scaler.is_enabled() and not math.isfinite(grad_norm)):
         optimizer.zero_grad()
         raise FloatingPointError(f"loss {loss}, gradient norm {grad_norm}")
@@ -303,7 +310,7 @@ def train_step(run, micro_batches, grad_clip, autocast):
         scaler.step(optimizer)  # fp16: skips the update if any gradient overflowed to inf/NaN...
     scaler.update()  # ...and then halves the loss scale (or doubles it after 2000 good steps)
     optimizer.zero_grad()
-    return loss, grad_norm, scaler.get_scale() < scale
+    return losses, grad_norm, scaler.get_scale() < scale
 
 
 def evaluate(run, tokens, cfg, autocast):

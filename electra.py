@@ -1,0 +1,217 @@
+"""
+electra.py: ELECTRA's replaced-token detection (Clark et al. 2020), on the same Transformer block.
+
+BERT (mlm.py) learns from the 15% (or 30%) of tokens it hides: the other positions of a sequence
+are read but teach nothing. ELECTRA makes every position a question. Two models train together:
+
+  * the generator, a small BERT, plays mlm.py's game: some tokens are hidden (here 15%, the
+    paper's rate; 85% of them become [MASK] and 15% stay as they are, as ELECTRA's code does) and
+    it predicts them (L_MLM);
+  * at each hidden position a token is *sampled* from the generator's prediction, and put where
+    the original was: a plausible replacement, since the generator learns what fits there;
+  * the discriminator, the encoder this lesson is about, reads the result and says of every token
+    whether it is the original or a replacement (L_disc, a binary cross-entropy per token). A
+    sampled token equal to the original is the original: its label is "original".
+
+    L = L_MLM + λ · L_disc,  λ = 50
+
+λ is the paper's (section 2): L_disc is a mean over all tokens of a two-way choice, far smaller
+than a cross-entropy over the vocabulary, and the weight makes the two pull comparably. No gradient
+goes through the sampling (a discrete draw has none), so the discriminator's loss reaches the
+generator only through what the two share: the token embeddings (and their LayerNorm, and the
+position table if there is one). The paper found sharing the embeddings helps (the generator's
+softmax trains every token's embedding, the discriminator's loss only those in the input), and a
+generator 1/4 to 1/2 of the discriminator's width works best: a strong generator makes
+replacements too hard to tell from the originals. Ours is half the discriminator's width (64, the
+width of ELECTRA-Small's generator). After pretraining the generator is dropped; the discriminator
+is what one fine-tunes (finetune.py).
+
+The sampling draws one uniform number per hidden position, made with the batch (`train_batch`),
+and inverts the generator's cumulative distribution with it (`sample_tokens`). So a batch decides
+its replacements: evaluation draws the same every time, and N processes train on what one process
+with N times the accumulation trains on, as for BERT.
+
+Evaluation, over the whole val split with the fixed masks of mlm.py's evaluation: the generator's
+MLM loss (as mlm.MLM reports it), the discriminator's loss, its accuracy on replaced and on original
+tokens, and its AUC: the probability that a replaced token scores above an original one, which no
+threshold and no share of replaced tokens can flatter.
+
+Try it:    python -m pytest tests/test_electra.py
+           python train.py --model electra
+Read next: finetune.py, which fine-tunes the discriminator (or a BERT) on a task.
+"""
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from clm import means
+from mlm import EVAL_MASK_PROB, EVAL_MASK_SEED, mask_tokens, mlm_loss
+from model import BERT, EOT_ID, IGNORE, Transformer, init_weights
+
+DISC_WEIGHT = 50.0  # λ (Clark et al. 2020, section 2 and appendix A)
+MASK_FRAC = 0.85  # of the hidden tokens, the share shown as [MASK] (ELECTRA's pretrain_helpers.py)
+AUC_BINS, AUC_RANGE = 8192, 16.0  # logits binned in [-16, 16): ties within a 1/256 bin count half
+
+
+def generator_config(config):
+    """The generator's config: the discriminator's, at generator_n_embd wide (0: half), with
+    heads of the same size where the width allows."""
+    width = config.generator_n_embd or config.n_embd // 2
+    heads = max(1, width // (config.n_embd // config.n_head))
+    while width % heads or width // heads % 2:  # (an even width always stops at one head)
+        heads -= 1
+    return replace(config, n_embd=width, n_head=heads, generator_n_embd=0)
+
+
+class ELECTRA(nn.Module):
+    """The discriminator (the encoder, and a head of one logit per token) and the generator (a
+    small BERT reading the discriminator's embeddings)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        C = config.n_embd
+        self.transformer = Transformer(config, causal=False)  # the discriminator's encoder
+        # ELECTRA's discriminator head: dense -> GELU -> one logit, > 0 for "replaced".
+        self.disc_dense = nn.Linear(C, C, bias=config.bias)
+        self.disc_gelu = nn.GELU(approximate="tanh")
+        self.disc_out = nn.Linear(C, 1, bias=config.bias)
+        self.generator = BERT(generator_config(config), embeddings=self.transformer)
+        init_weights(self)
+
+    def forward(self, idx, attention_mask=None):
+        """The discriminator's logits (B, T) for token ids (B, T)."""
+        x = self.transformer(idx, key_mask=attention_mask)  # (B, T, C)
+        return self.disc_out(self.disc_gelu(self.disc_dense(x))).squeeze(-1)  # (B, T)
+
+    def to_gpt2(self):
+        raise ValueError("this checkpoint is an ELECTRA, and Hugging Face's GPT-2 format holds a "
+                         "GPT: only a GPT exports")
+
+
+def sample_tokens(logits, noise, eot_id):
+    """One token per row of logits (N, V), drawn from softmax(logits) over the ordinary ids (below
+    eot_id: a replacement is never [MASK] or <|endoftext|>), with noise (N,) uniform in [0, 1):
+    the first id whose cumulative probability passes noise x total (inverse transform sampling)."""
+    probs = F.softmax(logits[:, :eot_id].float(), dim=-1)  # (N, eot_id)
+    cumulative = probs.cumsum(dim=-1)
+    picked = torch.searchsorted(cumulative, (noise * cumulative[:, -1])[:, None], right=True)
+    return picked.squeeze(1).clamp(max=eot_id - 1)  # (N,); (clamp: float rounding at the top)
+
+
+def replace_tokens(model, inputs, targets, noise, eot_id):
+    """The generator's logits at the hidden positions (N, V), and the discriminator's input and
+    labels (B, T): the original tokens with a sampled token at each hidden position, labelled 1
+    where it differs from the original."""
+    hidden = targets != IGNORE  # (B, T)
+    logits = model.generator(inputs, positions=hidden)  # (N, V): the hidden positions only
+    original = torch.where(hidden, targets, inputs)
+    with torch.no_grad():  # a draw has no gradient: L_disc reaches the generator through nothing
+        sampled = sample_tokens(logits.detach(), noise[hidden], eot_id)
+    corrupted = original.masked_scatter(hidden, sampled)
+    return logits, corrupted, (corrupted != original).float()
+
+
+def auc(replaced, original):
+    """The area under the ROC curve from two histograms of scores over the same bins (low scores
+    first): the probability that a replaced token scores above an original one, a tie counted as
+    half (Mann and Whitney's U divided by the number of pairs)."""
+    below = original.cumsum(0) - original  # originals in lower bins than each bin
+    pairs = replaced.sum() * original.sum()
+    return ((replaced * (below + original / 2)).sum() / pairs).item() if pairs else math.nan
+
+
+@dataclass
+class RTD:
+    """Replaced-token detection as the loop sees it: batches from token blocks, the loss, what
+    evaluation counts."""
+
+    mask_prob: float = 0.15  # share of the ordinary tokens the generator predicts (the paper's)
+    eot_id: int = EOT_ID  # the tokenizer's <|endoftext|>: the ordinary tokens are the ids below
+    edges: tuple = None  # mlm.word_edges(enc): hide whole words in training
+    disc_weight: float = DISC_WEIGHT  # λ
+    Model = ELECTRA
+    causal = False  # it reads both ways (sample.py shows which tokens it takes for replaced)
+    # What an ELECTRA run starts from unless a flag says otherwise: BERT's defaults (docs/bert.md
+    # tells why), the paper's masking rate, and as many steps as fit in the default GPT's time
+    # (docs/log.md, "ELECTRA: the defaults").
+    defaults = {"position": "rope", "embedding_layernorm": True, "n_embd": 128, "lr": 3e-3,
+                "min_lr": 3e-4, "warmup_steps": 100, "optimizer": "muon", "max_steps": 3200,
+                "eval_interval": 1600, "data_dir": "data/wikitext-2-bpe8k",
+                "tokenizer_size": 8192, "mask_prob": 0.15}
+    eval_overlap = 0  # evaluation blocks do not overlap: every token is in exactly one
+    curves = ("train loss (L_MLM + λ·L_disc)", f"val loss (the same, fixed {EVAL_MASK_PROB:.0%} "
+              "masks)")
+    token_loss = "mlm_loss"  # the metric that scores tokens of the vocabulary (the plateau's)
+    terms = {}  # the last loss's two parts, for the log (loss sets them)
+
+    @property
+    def head_fraction(self):
+        return self.mask_prob  # the generator's sparse head scores only the hidden positions
+
+    def train_batch(self, tokens, generator):
+        """(inputs with tokens hidden, targets: the hidden tokens, noise: one uniform number per
+        position for the sampling), each (B, T)."""
+        inputs, targets = mask_tokens(tokens, generator, self.mask_prob, MASK_FRAC, 0.0,
+                                      self.eot_id, self.edges)
+        return inputs, targets, torch.rand(tokens.shape, generator=generator)
+
+    def eval_batch(self, tokens, starts):
+        """mlm.MLM's evaluation masks (80% [MASK], 10% random, 10% kept), and noise seeded by
+        where each block starts: the same replacements at every evaluation."""
+        rows = []
+        for row, start in zip(tokens, starts):
+            generator = torch.Generator().manual_seed(EVAL_MASK_SEED + start)
+            inputs, targets = mask_tokens(row[None], generator, EVAL_MASK_PROB, eot_id=self.eot_id)
+            rows.append((inputs, targets, torch.rand(inputs.shape, generator=generator)))
+        return tuple(torch.cat(parts) for parts in zip(*rows))  # each (B, T)
+
+    def loss(self, model, inputs, targets, noise):
+        """L_MLM + λ · L_disc. L_disc is the mean over the ordinary tokens: never at
+        <|endoftext|> or padding, whose label would be trivially "original"."""
+        logits, corrupted, labels = replace_tokens(model, inputs, targets, noise, self.eot_id)
+        generator_loss = mlm_loss(logits, targets[targets != IGNORE])
+        scored = corrupted < self.eot_id  # (B, T)
+        disc_loss = F.binary_cross_entropy_with_logits(model(corrupted)[scored], labels[scored])
+        self.terms = {"mlm_loss": generator_loss.detach(), "disc_loss": disc_loss.detach()}
+        return generator_loss + self.disc_weight * disc_loss
+
+    def eval_sums(self, model, inputs, targets, noise):
+        """{metric: (sum, count)} and the histograms of the discriminator's logits, replaced
+        tokens' and originals'."""
+        logits, corrupted, labels = replace_tokens(model, inputs, targets, noise, self.eot_id)
+        hidden = targets != IGNORE
+        losses = F.cross_entropy(logits.float(), targets[hidden], reduction="none")  # (N,)
+        at_mask = inputs[hidden] == self.eot_id + 1  # [MASK]
+        scored = corrupted < self.eot_id
+        scores, labels = model(corrupted)[scored].float(), labels[scored]  # (M,) each
+        right = (scores > 0) == (labels == 1)
+        bins = ((scores + AUC_RANGE) * (AUC_BINS / (2 * AUC_RANGE))).long()
+        bins = bins.clamp(0, AUC_BINS - 1)  # (M,): each logit's bin, low scores first
+        replaced = labels == 1
+        return {
+            "disc_loss": (F.binary_cross_entropy_with_logits(scores, labels, reduction="sum"),
+                          scored.sum()),
+            "mlm_loss": (losses.sum(), hidden.sum()), "mask_loss": (losses[at_mask].sum(),
+                                                                    at_mask.sum()),
+            "replaced_acc": (right[replaced].sum(), replaced.sum()),
+            "original_acc": (right[~replaced].sum(), (~replaced).sum()),
+            "histogram": torch.stack([torch.bincount(bins[replaced], minlength=AUC_BINS),
+                                      torch.bincount(bins[~replaced], minlength=AUC_BINS)])}
+
+    def summarize(self, totals):
+        """The metrics from the evaluation's totals: means, L = L_MLM + λ·L_disc, and the AUC."""
+        metrics = means({name: sums for name, sums in totals.items() if name != "histogram"})
+        metrics["loss"] = metrics["mlm_loss"] + self.disc_weight * metrics["disc_loss"]
+        return {**metrics, "auc": auc(*totals["histogram"])}
+
+    def describe(self, metrics):
+        return (f"loss {metrics['loss']:.4f} = MLM {metrics['mlm_loss']:.4f} (at [MASK] only "
+                f"{metrics['mask_loss']:.4f}) + {self.disc_weight:g} x discriminator "
+                f"{metrics['disc_loss']:.4f}; discriminator AUC {metrics['auc']:.4f}, right on "
+                f"{metrics['replaced_acc']:.1%} of replaced and {metrics['original_acc']:.1%} of "
+                f"original tokens")
