@@ -240,7 +240,7 @@ def main(argv=None):
         path, saved = out_dir / "ckpt.pt", None
         if given.get("init_from") == "resume":
             saved = load_checkpoint_of(path)
-            settings = {**saved["settings"], "stop_at": given.get("stop_at", 0)}
+            settings = {**saved["settings"], "stop_at": 0, **given}  # given: this session's
         elif path.exists():
             raise CheckpointError(f"{path} exists: continue it with --init_from resume, or "
                                   f"fine-tune into another --out_dir")
@@ -297,7 +297,7 @@ def run(settings, saved, out_dir):
 DEFAULTS = {"ckpt": "out-bert/ckpt.pt", "scratch": False, "task": TASK_DIR,
             "wikitext": data.WIKITEXT_DIR, "out_dir": "out-finetune", "init_from": "scratch",
             "stop_at": 0, "device": "auto", "dtype": "auto", **SETTINGS}
-SESSION = {"out_dir", "init_from", "stop_at", "device"}  # what a resumed run may set anew
+SESSION = {"out_dir", "init_from", "stop_at", "device", "dtype"}  # a resumed run may set anew
 
 
 def parse_args(argv):
