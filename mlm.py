@@ -32,7 +32,8 @@ fixed 15% masks so that runs compare) and, beside it, the loss at the positions 
 only, where the model has nothing to copy.
 
 Try it:    python -m pytest tests/test_clm_mlm.py -k mask
-Read next: clean.py, the first step from raw text to token blocks (then bpe.py and data.py).
+Read next: electra.py, an encoder that learns from every token (then clean.py, the first step
+           from raw text to token blocks).
 """
 
 import math

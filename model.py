@@ -9,6 +9,8 @@ What this file teaches
       2. the head: GPT scores every position's next token; BERT's masked-LM head scores the hidden
          token at the positions mlm.py chose (and only there: "sparse prediction");
       3. the objective: clm.py for GPT, mlm.py for BERT.
+    ELECTRA (electra.py) is built from the same parts: a Transformer and a small BERT that reads
+    its embeddings (`Transformer(..., embeddings=...)`).
   * Attention twice: the fused `F.scaled_dot_product_attention`, and an explicit version you can
     read (QK^T / sqrt(d), mask, softmax, dropout, times V). tests/test_model.py proves they agree.
   * Two ways to tell the model where a token is: a learned table of position vectors added to the
