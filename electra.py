@@ -84,8 +84,17 @@ class ELECTRA(nn.Module):
         self.generator = BERT(generator_config(config), embeddings=self.transformer)
         init_weights(self)
 
-    def forward(self, idx, attention_mask=None):
-        """The discriminator's logits (B, T) for token ids (B, T)."""
+    def forward(self, idx, targets=None, noise=None, eot_id=EOT_ID, attention_mask=None):
+        """The discriminator's logits (B, T) for token ids (B, T). Given targets and noise
+        (RTD.train_batch's), the whole game in one call, as DistributedDataParallel wants it:
+        (the generator's logits at the hidden positions (N, V), the text with its draws in
+        place (B, T), the discriminator's logits on that text (B, T))."""
+        if targets is None:
+            return self.discriminate(idx, attention_mask)
+        logits, corrupted = replace_tokens(self.generator, idx, targets, noise, eot_id)
+        return logits, corrupted, self.discriminate(corrupted)
+
+    def discriminate(self, idx, attention_mask=None):
         x = self.transformer(idx, key_mask=attention_mask)  # (B, T, C)
         return self.disc_out(self.disc_gelu(self.disc_dense(x))).squeeze(-1)  # (B, T)
 
@@ -104,17 +113,15 @@ def sample_tokens(logits, noise, eot_id):
     return picked.squeeze(1).clamp(max=eot_id - 1)  # (N,); (clamp: float rounding at the top)
 
 
-def replace_tokens(model, inputs, targets, noise, eot_id):
-    """The generator's logits at the hidden positions (N, V), and the discriminator's input and
-    labels (B, T): the original tokens with a sampled token at each hidden position, labelled 1
-    where it differs from the original."""
+def replace_tokens(generator, inputs, targets, noise, eot_id):
+    """The generator's logits at the hidden positions (N, V), and the discriminator's input
+    (B, T): the original tokens with a token drawn from those logits at each hidden position."""
     hidden = targets != IGNORE  # (B, T)
-    logits = model.generator(inputs, positions=hidden)  # (N, V): the hidden positions only
+    logits = generator(inputs, positions=hidden)  # (N, V): the hidden positions only
     original = torch.where(hidden, targets, inputs)
     with torch.no_grad():  # a draw has no gradient: L_disc reaches the generator through nothing
         sampled = sample_tokens(logits.detach(), noise[hidden], eot_id)
-    corrupted = original.masked_scatter(hidden, sampled)
-    return logits, corrupted, (corrupted != original).float()
+    return logits, original.masked_scatter(hidden, sampled)
 
 
 def auc(replaced, original):
@@ -173,25 +180,31 @@ class RTD:
             rows.append((inputs, targets, torch.rand(inputs.shape, generator=generator)))
         return tuple(torch.cat(parts) for parts in zip(*rows))  # each (B, T)
 
+    def play(self, model, inputs, targets, noise):
+        """(the generator's logits at the hidden positions (N, V), the discriminator's logits
+        (B, T), its labels (B, T): 1 where the token differs from the original, and where it is
+        scored (B, T): at the ordinary tokens, never at <|endoftext|> or padding, whose label
+        would be trivially "original")."""
+        logits, corrupted, scores = model(inputs, targets, noise, self.eot_id)
+        original = torch.where(targets != IGNORE, targets, inputs)
+        return logits, scores, (corrupted != original).float(), original < self.eot_id
+
     def loss(self, model, inputs, targets, noise):
-        """L_MLM + λ · L_disc. L_disc is the mean over the ordinary tokens: never at
-        <|endoftext|> or padding, whose label would be trivially "original"."""
-        logits, corrupted, labels = replace_tokens(model, inputs, targets, noise, self.eot_id)
+        """L_MLM + λ · L_disc, L_disc the mean over the scored tokens."""
+        logits, scores, labels, scored = self.play(model, inputs, targets, noise)
         generator_loss = mlm_loss(logits, targets[targets != IGNORE])
-        scored = corrupted < self.eot_id  # (B, T)
-        disc_loss = F.binary_cross_entropy_with_logits(model(corrupted)[scored], labels[scored])
+        disc_loss = F.binary_cross_entropy_with_logits(scores[scored], labels[scored])
         self.terms = {"mlm_loss": generator_loss.detach(), "disc_loss": disc_loss.detach()}
         return generator_loss + self.disc_weight * disc_loss
 
     def eval_sums(self, model, inputs, targets, noise):
         """{metric: (sum, count)} and the histograms of the discriminator's logits, replaced
         tokens' and originals'."""
-        logits, corrupted, labels = replace_tokens(model, inputs, targets, noise, self.eot_id)
+        logits, scores, labels, scored = self.play(model, inputs, targets, noise)
         hidden = targets != IGNORE
         losses = F.cross_entropy(logits.float(), targets[hidden], reduction="none")  # (N,)
         at_mask = inputs[hidden] == self.eot_id + 1  # [MASK]
-        scored = corrupted < self.eot_id
-        scores, labels = model(corrupted)[scored].float(), labels[scored]  # (M,) each
+        scores, labels = scores[scored].float(), labels[scored]  # (M,) each
         right = (scores > 0) == (labels == 1)
         bins = ((scores + AUC_RANGE) * (AUC_BINS / (2 * AUC_RANGE))).long()
         bins = bins.clamp(0, AUC_BINS - 1)  # (M,): each logit's bin, low scores first

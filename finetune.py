@@ -220,12 +220,12 @@ def fine_tune(model, optimizer, state, train_set, dev_set, settings, out_dir, au
         bar.update(1)
         if state["step"] % per_epoch == 0 or state["step"] == stop:
             record = {"step": state["step"], "epoch": state["step"] / per_epoch,
-                      "loss": loss.item(), "dev_accuracy": accuracy(model, *dev_set,
-                                                                     64, autocast)}
+                      "loss": loss.item(), "dev_accuracy": accuracy(model, *dev_set, 64,
+                                                                     autocast)}
             with open(out_dir / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
-            runtime.say(f"epoch {record['epoch']:.2f}: train loss {record['loss']:.4f}, dev "
-                        f"accuracy {record['dev_accuracy']:.4f}")
+            runtime.say(f"epoch {record['epoch']:.2f}: loss {record['loss']:.4f} (the last "
+                        f"batch's), dev accuracy {record['dev_accuracy']:.4f}")
             state["dev_accuracy"] = record["dev_accuracy"]
             save_checkpoint(out_dir / "ckpt.pt", {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), **state,

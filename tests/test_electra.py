@@ -31,14 +31,14 @@ def model_and_batch(seed=0, rows=6):
 
 
 def spy_on_the_discriminator(model):
-    """({"input": what the discriminator reads next}, its own forward)."""
-    seen, real_forward = {}, model.forward
+    """({"input": what the discriminator reads next}, the discriminator itself)."""
+    seen, real_discriminate = {}, model.discriminate
 
     def spy(idx, attention_mask=None):
         seen["input"] = idx
-        return real_forward(idx, attention_mask)
-    model.forward = spy
-    return seen, real_forward
+        return real_discriminate(idx, attention_mask)
+    model.discriminate = spy
+    return seen, real_discriminate
 
 
 def test_sampling_draws_each_ordinary_token_as_often_as_the_softmax_says():
@@ -60,7 +60,7 @@ def test_the_labels_mark_exactly_the_draws_that_differ_and_never_an_end_of_text(
     inputs, targets, noise = objective.train_batch(tokens, g)
     hidden = targets != IGNORE
     assert hidden.any() and not hidden[tokens == EOT].any()
-    seen, real_forward = spy_on_the_discriminator(model)
+    seen, real_discriminate = spy_on_the_discriminator(model)
     with torch.no_grad():
         logits = model.generator(inputs, positions=hidden).float()
         loss = objective.loss(model, inputs, targets, noise)
@@ -76,7 +76,7 @@ def test_the_labels_mark_exactly_the_draws_that_differ_and_never_an_end_of_text(
     # L = L_MLM + λ L_disc, each from its formula; the labels: 1 where the draw differs
     mlm = -torch.log_softmax(logits, -1).gather(1, tokens[hidden][:, None]).mean()
     with torch.no_grad():
-        z = real_forward(corrupted).double()
+        z = real_discriminate(corrupted).double()
     labels = (corrupted != tokens).double()
     scored = tokens != EOT  # never <|endoftext|>
     bce = -(labels * torch.log(torch.sigmoid(z)) + (1 - labels) * torch.log(1 - torch.sigmoid(z)))
@@ -93,7 +93,7 @@ def test_a_generator_that_is_always_right_leaves_nothing_replaced(monkeypatch):
         return F.one_hot(targets[positions], CONFIG.vocab_size).float() * 100
     monkeypatch.setattr(model.generator, "forward", certain)
     seen = []
-    monkeypatch.setattr(model, "forward", lambda idx, attention_mask=None: seen.append(idx)
+    monkeypatch.setattr(model, "discriminate", lambda idx: seen.append(idx)
                         or torch.zeros(idx.shape, requires_grad=True))
     loss = objective.loss(model, inputs, targets, noise)
     assert torch.equal(seen[0], tokens)
@@ -144,11 +144,11 @@ def test_auc_and_accuracies_against_pairs_counted_here():
         model.disc_out.weight.mul_(300)
     starts = list(range(0, 8 * 100, 100))
     batch = objective.eval_batch(tokens, starts)
-    seen, real_forward = spy_on_the_discriminator(model)
+    seen, real_discriminate = spy_on_the_discriminator(model)
     with torch.no_grad():
         metrics = objective.summarize({k: torch.stack([torch.as_tensor(x) for x in v]).double()
                                        for k, v in objective.eval_sums(model, *batch).items()})
-        scores = real_forward(seen["input"]).double()
+        scores = real_discriminate(seen["input"]).double()
     labels, scored = seen["input"] != tokens, tokens != EOT
     s, y = scores[scored], labels[scored]
     replaced, original = s[y], s[~y]
