@@ -69,7 +69,8 @@ def test_the_labels_mark_exactly_the_draws_that_differ_and_never_an_end_of_text(
     # the draws, by inverse transform sampling written here with numpy
     probs = F.softmax(logits[:, :EOT], dim=-1).double().numpy()
     u = noise[hidden].double().numpy()
-    draws = [int(np.searchsorted(np.cumsum(p), x * p.sum(), side="right")) for p, x in zip(probs, u)]
+    draws = [int(np.searchsorted(np.cumsum(p), x * p.sum(), side="right"))
+             for p, x in zip(probs, u)]
     assert corrupted[hidden].tolist() == draws
     assert (corrupted[hidden] == tokens[hidden]).any()  # some draws give back the original...
     assert (corrupted[hidden] != tokens[hidden]).any()  # ...others do not
@@ -168,3 +169,31 @@ def test_evaluation_draws_the_same_replacements_whatever_the_batch_size():
     assert two == pytest.approx(five, rel=1e-6)  # (sums in another order)
     assert 0 <= two["auc"] <= 1 and two["loss"] == pytest.approx(
         two["mlm_loss"] + 50 * two["disc_loss"])
+
+
+def test_the_discriminator_learns_to_flag_what_the_generator_puts_in():
+    """A generator that always draws the one token the texts never hold: a few dozen steps on L
+    teach the discriminator to flag it, and to call every other token original."""
+    torch.manual_seed(0)
+    model, objective = ELECTRA(CONFIG), RTD(eot_id=EOT)
+    always = F.one_hot(torch.tensor(EOT - 1), CONFIG.vocab_size).float() * 100
+    model.generator.forward = lambda idx, positions: always.expand(int(positions.sum()), -1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+
+    def texts(rows):  # every token but the last ordinary one
+        return torch.randint(0, EOT - 1, (rows, CONFIG.block_size), generator=g)
+
+    def metrics():
+        batch = objective.eval_batch(texts(32), range(0, 3200, 100))
+        with torch.no_grad():
+            return objective.summarize({k: torch.stack([torch.as_tensor(x) for x in v]).double()
+                                        for k, v in objective.eval_sums(model, *batch).items()})
+    before = metrics()
+    for _ in range(40):
+        objective.loss(model, *objective.train_batch(texts(16), g)).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = metrics()
+    assert before["original_acc"] < 0.9  # at first a coin toss (the replaced: one token, one score)
+    assert after["auc"] > 0.99 and after["replaced_acc"] > 0.9 and after["original_acc"] > 0.99

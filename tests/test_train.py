@@ -507,6 +507,17 @@ def test_a_short_run_monitors_every_step_and_learns(corpus, tmp_path, kind, caps
     assert load_checkpoint(tmp_path / "ckpt.pt")["train_config"]["model"] == kind
 
 
+def test_an_electra_run_logs_both_parts_of_its_loss(corpus, tmp_path):
+    run(corpus, tmp_path, "--model", "electra", "--max_steps", "60", "--eval_interval", "30")
+    records = log(tmp_path)
+    for r in records:  # L = L_MLM + λ·L_disc, λ = 50, at every step
+        assert r["loss"] == pytest.approx(r["mlm_loss"] + 50 * r["disc_loss"], rel=1e-5)
+    first, last = records[29], records[-1]
+    assert last["val_ppl"] == pytest.approx(math.exp(last["val_mlm_loss"]))  # the generator's
+    assert last["val_mlm_loss"] < first["val_mlm_loss"]
+    assert last["val_loss"] == pytest.approx(last["val_mlm_loss"] + 50 * last["val_disc_loss"])
+
+
 def test_profile_writes_a_trace_and_a_table_of_the_largest_operators(corpus, tmp_path, capsys):
     runtime.run_program(train.main, ["--data_dir", corpus, "--out_dir", str(tmp_path), *TINY,
                                      "--max_steps", "6", "--profile"])
