@@ -68,10 +68,10 @@ def run_steps(model, kind, losses=None):
             objective.train_batch(b, torch.Generator().manual_seed(100 * step + rank * share + i))
             for i, b in enumerate(batches)
         ]
-        loss, _, _ = train.train_step(
+        step_losses, _, _ = train.train_step(
             train.Run(model, optimizer, scaler, objective, None), batches, 1.0, off
         )
-        (losses if losses is not None else []).append(loss)
+        (losses if losses is not None else []).append(step_losses["loss"])
     metrics = data.evaluate(raw, objective, evaluation_split(), 3, off)
     return [p.detach().clone() for p in raw.parameters()], (metrics["loss"], metrics["tokens"])
 

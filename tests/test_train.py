@@ -220,10 +220,10 @@ def test_accumulated_gradients_equal_one_big_batch():
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         micro_batches = [CLM().train_batch(chunk) for chunk in batch.chunk(k)]
         run = train.Run(model, opt, scaler, CLM(), torch.Generator())
-        loss, norm, _ = train.train_step(
+        losses, norm, _ = train.train_step(
             run, micro_batches, 0, torch.autocast("cpu", enabled=False)
         )
-        results[k] = (loss, norm, opt.seen)
+        results[k] = (losses["loss"], norm, opt.seen)
     for k in (3, 4):
         # logged loss: the mean, not the last
         assert results[k][0] == pytest.approx(results[1][0], rel=1e-6)
@@ -249,8 +249,8 @@ def test_the_plain_loss_and_the_fused_head_take_the_same_training_step(kind):
         opt = GradientRecorder(param_groups(model, 0.1))
         run = train.Run(model, opt, torch.amp.GradScaler("cpu", enabled=False),
                         objective_for(kind, eot_id=318, fused=fused), torch.Generator())
-        loss, norm, _ = train.train_step(run, batches, 0, torch.autocast("cpu", enabled=False))
-        seen[fused] = (loss, norm, opt.seen)
+        losses, norm, _ = train.train_step(run, batches, 0, torch.autocast("cpu", enabled=False))
+        seen[fused] = (losses["loss"], norm, opt.seen)
     assert seen[True][0] == pytest.approx(seen[False][0], rel=1e-6)
     assert seen[True][1] == pytest.approx(seen[False][1], rel=1e-5)
     for fused_grad, plain_grad in zip(seen[True][2], seen[False][2]):
