@@ -27,6 +27,7 @@ from typing import Literal
 import data
 import runtime
 from checkpoint import GPT2_PATH, CheckpointError, objective_for
+from electra import DISC_WEIGHT
 from model import ModelConfig, check, check_choices, setting
 
 
@@ -62,11 +63,12 @@ class TrainConfig:
     optimizer: Literal["adamw", "muon"] = setting(
         "adamw", "adamw: AdamW for every weight; muon: Muon for the Linear layers' weights, AdamW "
         "for the rest (muon.py)")
-    mask_prob: float = setting(0.3, "BERT: share of tokens chosen for prediction (BERT's "
-                               "paper: 0.15; docs/bert.md)")
+    mask_prob: float = setting(0.3, "BERT, ELECTRA: share of tokens chosen for prediction "
+                               "(BERT's paper: 0.15; docs/bert.md)")
     mask_unit: Literal["tokens", "words"] = setting(
         "tokens", "BERT: hide tokens, or whole words (every piece of a word BPE splits)")
-    disc_weight: float = setting(50.0, "ELECTRA: λ in L_MLM + λ·L_disc (Clark et al. 2020)")
+    disc_weight: float = setting(DISC_WEIGHT, "ELECTRA: λ in L_MLM + λ·L_disc (Clark et al. "
+                                 "2020)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
         "auto", "auto: bfloat16 where fast (recent GPUs, some CPUs), else float16 on GPUs, "
         "float32 on CPUs")

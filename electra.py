@@ -15,7 +15,7 @@ are read but teach nothing. ELECTRA makes every position a question. Two models 
 
     L = L_MLM + λ · L_disc,  λ = 50
 
-λ is the paper's (section 2): L_disc is a mean over all tokens of a two-way choice, far smaller
+λ is the paper's (appendix A): L_disc is a mean over all tokens of a two-way choice, far smaller
 than a cross-entropy over the vocabulary, and the weight makes the two pull comparably. No gradient
 goes through the sampling (a discrete draw has none), so the discriminator's loss reaches the
 generator only through what the two share: the token embeddings (and their LayerNorm, and the
@@ -53,7 +53,7 @@ from clm import means
 from mlm import EVAL_MASK_PROB, EVAL_MASK_SEED, mask_tokens, mlm_loss
 from model import BERT, EOT_ID, IGNORE, Transformer, init_weights
 
-DISC_WEIGHT = 50.0  # λ (Clark et al. 2020, section 2 and appendix A)
+DISC_WEIGHT = 50.0  # λ (Clark et al. 2020, appendix A)
 MASK_FRAC = 0.85  # of the hidden tokens, the share shown as [MASK] (ELECTRA's pretrain_helpers.py)
 AUC_BINS, AUC_RANGE = 8192, 16.0  # logits binned in [-16, 16): ties within a 1/256 bin count half
 
@@ -119,8 +119,8 @@ def replace_tokens(generator, inputs, targets, noise, eot_id):
     hidden = targets != IGNORE  # (B, T)
     logits = generator(inputs, positions=hidden)  # (N, V): the hidden positions only
     original = torch.where(hidden, targets, inputs)
-    with torch.no_grad():  # a draw has no gradient: L_disc reaches the generator through nothing
-        sampled = sample_tokens(logits.detach(), noise[hidden], eot_id)
+    with torch.no_grad():  # no gradient through a draw (L_disc meets the generator in the
+        sampled = sample_tokens(logits.detach(), noise[hidden], eot_id)  # shared embeddings only)
     return logits, original.masked_scatter(hidden, sampled)
 
 
