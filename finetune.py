@@ -11,11 +11,11 @@ once, swapped or not by a coin flip, two neighbouring words of letters that diff
 sentences, are split between train (four in five) and dev (the fifth), so that no article is in
 both and a model cannot pass dev by recognising a text it fine-tuned on. Why this task: its answer
 is in one short sentence (no discourse, which models of a few million weights hardly learn), so a
-twenty-minute pretraining can show a difference; and it is not ELECTRA's own task, which judges
+pretraining of minutes can show a difference; and it is not ELECTRA's own task, which judges
 each token of a text with *sampled* replacements and never sees a label for a whole sentence. It
 is close to it, though (a swap puts two tokens where they do not fit): docs/log.md reports the
-comparison with that in mind. ALBERT's sentence-order prediction, the other candidate, asks about
-two sentences' order: EXERCISES.md leaves it as an exercise.
+comparison with that in mind. ALBERT's sentence-order prediction, the other candidate, asks
+whether two sentences are in order: discourse again.
 
 The model (`Classifier`): the encoder's features averaged over the sentence's tokens (our encoders
 were pretrained without a [CLS] token, whose features BERT's head reads), then dropout and a linear
