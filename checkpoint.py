@@ -114,12 +114,17 @@ def load_checkpoint(path, tensors=True):
                               f"name the right file")
     if found.is_dir():
         return check_keys(shard.read_checkpoint(path, tensors), path, tensors)
+    return check_keys(read_file(path), path)
+
+
+def read_file(path):
+    """What torch.save wrote into path, read as data only (no code runs); one line if it cannot
+    be read (finetune.py reads its own checkpoints with it too)."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # no code, only data
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, ...: torch raises many kinds
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}): it is "
                               f"truncated or corrupt; use another one or train again") from None
-    return check_keys(checkpoint, path)
 
 
 def check_keys(checkpoint, path, tensors=True):

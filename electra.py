@@ -50,7 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from clm import means
-from mlm import EVAL_MASK_PROB, EVAL_MASK_SEED, mask_tokens, mlm_loss
+from mlm import EVAL_MASK_PROB, hidden_token_sums, mask_tokens, mlm_loss, seeded_rows
 from model import BERT, EOT_ID, IGNORE, Transformer, init_weights
 
 DISC_WEIGHT = 50.0  # λ (Clark et al. 2020, appendix A)
@@ -171,14 +171,12 @@ class RTD:
         return inputs, targets, torch.rand(tokens.shape, generator=generator)
 
     def eval_batch(self, tokens, starts):
-        """mlm.MLM's evaluation masks (80% [MASK], 10% random, 10% kept), and noise seeded by
-        where each block starts: the same replacements at every evaluation."""
-        rows = []
-        for row, start in zip(tokens, starts):
-            generator = torch.Generator().manual_seed(EVAL_MASK_SEED + start)
-            inputs, targets = mask_tokens(row[None], generator, EVAL_MASK_PROB, eot_id=self.eot_id)
-            rows.append((inputs, targets, torch.rand(inputs.shape, generator=generator)))
-        return tuple(torch.cat(parts) for parts in zip(*rows))  # each (B, T)
+        """mlm.MLM's evaluation masks (80% [MASK], 10% random, 10% kept), and the noise of the
+        draws after them from the same generator (mlm.seeded_rows): the same replacements at every
+        evaluation. (inputs, targets, noise), each (B, T)."""
+        return seeded_rows(tokens, starts, lambda row, generator: (
+            *mask_tokens(row, generator, EVAL_MASK_PROB, eot_id=self.eot_id),
+            torch.rand(row.shape, generator=generator)))
 
     def play(self, model, inputs, targets, noise):
         """(the generator's logits at the hidden positions (N, V), the discriminator's logits
@@ -201,9 +199,7 @@ class RTD:
         """{metric: (sum, count)} and the histograms of the discriminator's logits, replaced
         tokens' and originals'."""
         logits, scores, labels, scored = self.play(model, inputs, targets, noise)
-        hidden = targets != IGNORE
-        losses = F.cross_entropy(logits.float(), targets[hidden], reduction="none")  # (N,)
-        at_mask = inputs[hidden] == self.eot_id + 1  # [MASK]
+        mlm, at_mask = hidden_token_sums(logits, inputs, targets, self.eot_id + 1)
         scores, labels = scores[scored].float(), labels[scored]  # (M,) each
         right = (scores > 0) == (labels == 1)
         bins = ((scores + AUC_RANGE) * (AUC_BINS / (2 * AUC_RANGE))).long()
@@ -212,8 +208,7 @@ class RTD:
         return {
             "disc_loss": (F.binary_cross_entropy_with_logits(scores, labels, reduction="sum"),
                           scored.sum()),
-            "mlm_loss": (losses.sum(), hidden.sum()), "mask_loss": (losses[at_mask].sum(),
-                                                                    at_mask.sum()),
+            "mlm_loss": mlm, "mask_loss": at_mask,
             "replaced_acc": (right[replaced].sum(), replaced.sum()),
             "original_acc": (right[~replaced].sum(), (~replaced).sum()),
             "histogram": torch.stack([torch.bincount(bins[replaced], minlength=AUC_BINS),

@@ -55,7 +55,7 @@ import data
 import runtime
 from adamw import AdamW
 from checkpoint import CheckpointError, load_checkpoint, lock, rng_state, save_checkpoint
-from checkpoint import load_model, objective_for, set_rng_state
+from checkpoint import load_model, objective_for, read_file, set_rng_state
 from model import ModelConfig, param_groups
 from train import lr_at
 
@@ -257,11 +257,7 @@ def load_checkpoint_of(path):
     if not path.exists():
         raise CheckpointError(f"{path} does not exist: fine-tune first (without --init_from "
                               f"resume)")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a torch file, ...
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__})") \
-            from None
+    saved = read_file(path)
     if not isinstance(saved, dict) or "settings" not in saved:
         raise CheckpointError(f"{path} is not a checkpoint written by finetune.py")
     return saved
@@ -328,10 +324,9 @@ def parse_args(argv):
             kwargs["type"] = type(default)
         parser.add_argument(f"--{name}", **kwargs)
     given = vars(parser.parse_args(argv))
-    for name in ("batch_size", "epochs", "seed", "stop_at"):
-        if given.get(name, 1) < (0 if name in ("seed", "stop_at") else 1):
-            raise runtime.ConfigError(f"--{name} {given[name]}: must be at least "
-                                      f"{0 if name in ('seed', 'stop_at') else 1}")
+    for name, least in (("batch_size", 1), ("epochs", 1), ("seed", 0), ("stop_at", 0)):
+        if given.get(name, least) < least:
+            raise runtime.ConfigError(f"--{name} {given[name]}: must be at least {least}")
     if not (math.isfinite(given.get("lr", 1)) and given.get("lr", 1) > 0):
         raise runtime.ConfigError(f"--lr {given['lr']}: must be a positive number")
     if given.get("init_from") == "resume" and given.keys() - SESSION:

@@ -117,6 +117,25 @@ def mlm_loss(logits, targets):
                            ignore_index=IGNORE)
 
 
+def seeded_rows(tokens, starts, make):
+    """make(row (1, T), generator) for each block of an evaluation batch, its generator seeded by
+    where the block starts in the split: the same hidden tokens (and draws) at every evaluation,
+    whatever the batch size or the number of processes. The rows' tensors joined: each (B, T)."""
+    rows = [make(row[None], torch.Generator().manual_seed(EVAL_MASK_SEED + start))
+            for row, start in zip(tokens, starts)]
+    return tuple(torch.cat(parts) for parts in zip(*rows))
+
+
+def hidden_token_sums(logits, inputs, targets, mask_id):
+    """((sum, count) of the cross-entropy at every chosen position, the same at those replaced by
+    [MASK] only): logits (N, V) at the N positions where targets is not IGNORE."""
+    chosen = targets != IGNORE
+    losses = F.cross_entropy(logits.float(), targets[chosen], reduction="none")  # (N,)
+    at_mask = inputs[chosen] == mask_id
+    return ((losses.sum().item(), chosen.sum().item()),
+            (losses[at_mask].sum().item(), at_mask.sum().item()))
+
+
 @dataclass
 class MLM:
     """Masked LM as the loop sees it: batches from token blocks, the loss, what evaluation
@@ -157,12 +176,9 @@ class MLM:
         return mask_tokens(tokens, generator, self.mask_prob, eot_id=self.eot_id, edges=self.edges)
 
     def eval_batch(self, tokens, starts):
-        """Each block's masks seeded by where it starts in the split: the same hidden tokens at
-        every evaluation, whatever the batch size or the number of processes."""
-        rows = [mask_tokens(row[None], torch.Generator().manual_seed(EVAL_MASK_SEED + start),
-                            EVAL_MASK_PROB, eot_id=self.eot_id)
-                for row, start in zip(tokens, starts)]
-        return tuple(torch.cat(parts) for parts in zip(*rows))  # (inputs, targets), each (B, T)
+        """The evaluation's fixed 15% masks (seeded_rows): (inputs, targets), each (B, T)."""
+        return seeded_rows(tokens, starts, lambda row, generator: mask_tokens(
+            row, generator, EVAL_MASK_PROB, eot_id=self.eot_id))
 
     def loss(self, model, inputs, targets):
         """The mean cross-entropy at the chosen positions (targets not IGNORE). Plain: the sparse
@@ -177,12 +193,9 @@ class MLM:
     def eval_sums(self, model, inputs, targets):
         """{metric: (sum of token losses, number of tokens)}: all chosen positions, and those
         replaced by [MASK] only."""
-        chosen = targets != IGNORE
-        logits = model(inputs, positions=chosen).float()  # (N, V)
-        losses = F.cross_entropy(logits, targets[chosen], reduction="none")  # (N,)
-        at_mask = inputs[chosen] == self.eot_id + 1  # [MASK]
-        return {"loss": (losses.sum().item(), chosen.sum().item()),
-                "mask_loss": (losses[at_mask].sum().item(), at_mask.sum().item())}
+        logits = model(inputs, positions=targets != IGNORE)  # (N, V)
+        loss, at_mask = hidden_token_sums(logits, inputs, targets, self.eot_id + 1)
+        return {"loss": loss, "mask_loss": at_mask}
 
     summarize = staticmethod(means)  # the metrics from the sums over the whole split
 

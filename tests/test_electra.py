@@ -41,6 +41,14 @@ def spy_on_the_discriminator(model):
     return seen, real_discriminate
 
 
+def evaluate_batch(model, objective, batch):
+    """The objective's metrics of one evaluation batch, as data.evaluate makes them of a split."""
+    with torch.no_grad():
+        sums = objective.eval_sums(model, *batch)
+    return objective.summarize({name: torch.stack([torch.as_tensor(v) for v in value]).double()
+                                for name, value in sums.items()})
+
+
 def test_sampling_draws_each_ordinary_token_as_often_as_the_softmax_says():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 5.0, 9.0]])  # ids 4, 5: special, never drawn
     n = 200_000
@@ -144,11 +152,9 @@ def test_auc_and_accuracies_against_pairs_counted_here():
     with torch.no_grad():  # spread the discriminator's scores over several units
         model.disc_out.weight.mul_(300)
     starts = list(range(0, 8 * 100, 100))
-    batch = objective.eval_batch(tokens, starts)
     seen, real_discriminate = spy_on_the_discriminator(model)
+    metrics = evaluate_batch(model, objective, objective.eval_batch(tokens, starts))
     with torch.no_grad():
-        metrics = objective.summarize({k: torch.stack([torch.as_tensor(x) for x in v]).double()
-                                       for k, v in objective.eval_sums(model, *batch).items()})
         scores = real_discriminate(seen["input"]).double()
     labels, scored = seen["input"] != tokens, tokens != EOT
     s, y = scores[scored], labels[scored]
@@ -185,10 +191,8 @@ def test_the_discriminator_learns_to_flag_what_the_generator_puts_in():
         return torch.randint(0, EOT - 1, (rows, CONFIG.block_size), generator=g)
 
     def metrics():
-        batch = objective.eval_batch(texts(32), range(0, 3200, 100))
-        with torch.no_grad():
-            return objective.summarize({k: torch.stack([torch.as_tensor(x) for x in v]).double()
-                                        for k, v in objective.eval_sums(model, *batch).items()})
+        return evaluate_batch(model, objective, objective.eval_batch(texts(32),
+                                                                     range(0, 3200, 100)))
     before = metrics()
     for _ in range(40):
         objective.loss(model, *objective.train_batch(texts(16), g)).backward()
