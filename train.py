@@ -293,14 +293,14 @@ def train_step(run, micro_batches, grad_clip, autocast):
         with record_function("backward"):
             scaler.scale(loss / len(micro_batches)).backward()
         total += torch.stack([loss.detach(), *objective.terms.values()]).float()
-    losses = total / len(micro_batches)
+    averaged = total / len(micro_batches)
     if ddp or fsdp:  # every process reports the losses averaged over all of them
-        dist.all_reduce(losses)
-        losses /= dist.get_world_size()
+        dist.all_reduce(averaged)
+        averaged /= dist.get_world_size()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     scaler.unscale_(optimizer)  # fp16: divide the loss scale back out: true norms and clipping
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
-    losses = dict(zip(["loss", *objective.terms], losses.tolist()))
+    losses = dict(zip(["loss", *objective.terms], averaged.tolist()))
     loss, grad_norm = losses["loss"], shard.local(grad_norm).item()  # FSDP: a norm over all slices
     if not math.isfinite(loss) or (not scaler.is_enabled() and not math.isfinite(grad_norm)):
         optimizer.zero_grad()
