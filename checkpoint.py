@@ -7,7 +7,7 @@ checks, and turns it into a model again.
   * `lock`: one run at a time in an --out_dir;
   * `save_checkpoint`: atomic (a temporary file, flushed, then renamed over the old one);
   * `load_checkpoint`: refuses what is not a checkpoint, with one line that says why;
-  * `objective_for`: the one place that maps the model kind (--model gpt|bert|electra) to its
+  * `objective_for`: the one place that maps the model kind (--model gpt|bert|electra|t5) to its
     objective;
   * `fit_vocabulary`: a model's vocabulary for the data's tokenizer (or a refusal);
   * `load_model`: a checkpoint's model with its trained weights, objective and tokenizer;
@@ -37,6 +37,7 @@ from electra import RTD
 from mlm import MLM
 from model import EOT_ID, GPT, ModelConfig
 from runtime import ConfigError, UserError
+from t5 import SpanCorruption
 
 GPT2_PATH = "data/gpt2/pytorch_model.bin"  # where --init_from gpt2 finds (or downloads) GPT-2
 KEYS = {"model", "optimizer", "scaler", "step", "model_config", "train_config", "best_val_loss",
@@ -47,14 +48,15 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be used or written; the message says why and what to do."""
 
 
-OBJECTIVES = {"gpt": CLM, "bert": MLM, "electra": RTD}  # --model: what it learns by
+OBJECTIVES = {"gpt": CLM, "bert": MLM, "electra": RTD, "t5": SpanCorruption}  # what it learns by
 
 
 def objective_for(kind, **settings):
     """GPT learns by next-token prediction (clm.py), BERT by masked LM (mlm.py), ELECTRA by
-    replaced-token detection (electra.py). Each objective takes the settings it has a field for:
-    mask_prob, the tokenizer's <|endoftext|> id (eot_id), where its words begin to hide whole words
-    (edges: mlm.word_edges; None hides tokens), ELECTRA's λ (disc_weight); fused: the loss by the
+    replaced-token detection (electra.py), T5 by span corruption (t5.py). Each objective takes the
+    settings it has a field for: mask_prob, the tokenizer's <|endoftext|> id (eot_id), where its
+    words begin to hide whole words (edges: mlm.word_edges; None hides tokens), ELECTRA's λ
+    (disc_weight), T5's mean_span and the block_size its sentinels depend on; fused: the loss by the
     model's head in one pass (model.HeadLoss) instead of as the objective's lesson writes it
     (train.py's --fused_head)."""
     objective = OBJECTIVES[kind]
@@ -139,18 +141,20 @@ def load_model(checkpoint, model_config=None):
     model_config: the checkpoint's own unless given (a resumed run may change how the model
     computes). A checkpoint without a trained tokenizer (or older than them) used GPT-2's."""
     train_config, enc = checkpoint["train_config"], data.tokenizer(checkpoint.get("tokenizer"))
-    objective = objective_for(train_config["model"], **train_config, eot_id=enc.eot_token)
+    objective = objective_for(train_config["model"], **checkpoint["model_config"], **train_config,
+                              eot_id=enc.eot_token)
     model = objective.Model(model_config or ModelConfig(**checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model"])
     return model, objective, enc
 
 
-def fit_vocabulary(mcfg, cfg, checkpoint, given):
-    """(model config, <|endoftext|> id) for the data's tokenizer: unless --vocab_size is given, a
-    fresh model gets rows for its ids and [MASK] (the id after <|endoftext|>), rounded up to a
-    multiple of 64 (model.py says why). Weights trained on other tokens are refused."""
+def fit_vocabulary(mcfg, cfg, checkpoint, given, sentinels=0):
+    """The model config for the data's tokenizer: unless --vocab_size is given, a fresh model
+    gets rows for its ids, [MASK] (the id after <|endoftext|>) and the objective's sentinels after
+    it (T5's), rounded up to a multiple of 64 (model.py says why). Weights trained on other tokens
+    are refused."""
     meta, vocab = prepared.read_meta(cfg.data_dir), data.read_vocab(cfg.data_dir)
-    need = meta["eot_id"] + 2
+    need = meta["eot_id"] + 2 + sentinels
     if checkpoint is not None and checkpoint.get("tokenizer") != vocab:
         raise CheckpointError(f"cannot resume: the checkpoint was trained with another tokenizer "
                               f"than --data_dir {cfg.data_dir}'s ({meta['tokenizer']}): resume "
@@ -162,9 +166,11 @@ def fit_vocabulary(mcfg, cfg, checkpoint, given):
     if cfg.init_from == "scratch" and "vocab_size" not in given:
         mcfg = dataclasses.replace(mcfg, vocab_size=-(-need // 64) * 64)
     if mcfg.vocab_size < need:
-        raise ConfigError(f"--vocab_size {mcfg.vocab_size}: {meta['tokenizer']}'s {need - 1:,} "
-                          f"ids and [MASK] need {need:,} (a multiple of 64 is fastest)")
-    return mcfg, meta["eot_id"]
+        what = f"[MASK] and {sentinels} sentinels" if sentinels else "[MASK]"
+        raise ConfigError(f"--vocab_size {mcfg.vocab_size}: {meta['tokenizer']}'s "
+                          f"{meta['eot_id'] + 1:,} ids with {what} need {need:,} (a multiple of "
+                          f"64 is fastest)")
+    return mcfg
 
 
 def load_gpt2(path, block_size, dropout):

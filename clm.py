@@ -73,6 +73,7 @@ class CLM:
 
     token_loss = "loss"  # the metric that scores tokens of the vocabulary (val_ppl is its exp)
     terms = {}  # parts of the loss to log beside it: none
+    sentinels = 0  # ids it needs after [MASK]: none (T5 needs some: t5.py)
 
     def train_batch(self, tokens, generator=None):
         """(inputs, targets) from token blocks (B, T). Nothing is random: no generator is used."""

@@ -29,13 +29,14 @@ import runtime
 from checkpoint import GPT2_PATH, CheckpointError, objective_for
 from electra import DISC_WEIGHT
 from model import ModelConfig, check, check_choices, setting
+from t5 import MEAN_SPAN
 
 
 @dataclass
 class TrainConfig:
-    model: Literal["gpt", "bert", "electra"] = setting(
+    model: Literal["gpt", "bert", "electra", "t5"] = setting(
         "gpt", "gpt: causal LM (clm.py); bert: masked LM (mlm.py); electra: replaced-token "
-        "detection (electra.py)")
+        "detection (electra.py); t5: span corruption, an encoder-decoder (t5.py)")
     data_dir: str = setting(data.WIKITEXT_DIR, "the corpus's .bin files (data.py prepares them)")
     tokenizer_size: int = setting(0, "0: GPT-2's tokenizer; N: one of N ids trained on the "
                                   "training text (bpe.py), for a --data_dir not yet prepared")
@@ -63,8 +64,10 @@ class TrainConfig:
     optimizer: Literal["adamw", "muon"] = setting(
         "adamw", "adamw: AdamW for every weight; muon: Muon for the Linear layers' weights, AdamW "
         "for the rest (muon.py)")
-    mask_prob: float = setting(0.3, "BERT, ELECTRA: share of tokens chosen for prediction "
-                               "(BERT's paper: 0.15; docs/bert.md)")
+    mask_prob: float = setting(0.3, "BERT, ELECTRA, T5: share of tokens chosen for prediction "
+                               "(BERT's paper: 0.15; docs/bert.md); T5's noise density")
+    mean_span: float = setting(MEAN_SPAN, "T5: the mean length of a hidden span (Raffel et al. "
+                               "2020)")
     mask_unit: Literal["tokens", "words"] = setting(
         "tokens", "BERT: hide tokens, or whole words (every piece of a word BPE splits)")
     disc_weight: float = setting(DISC_WEIGHT, "ELECTRA: λ in L_MLM + λ·L_disc (Clark et al. "
@@ -111,6 +114,7 @@ class TrainConfig:
         check(self.eps > 0, "eps", self.eps, "must be positive")
         check(0 < self.mask_prob < 1, "mask_prob", self.mask_prob, "must be between 0 and 1")
         check(self.disc_weight > 0, "disc_weight", self.disc_weight, "must be positive")
+        check(self.mean_span >= 1, "mean_span", self.mean_span, "must be at least 1 (a token)")
 
 
 MODEL_FIELDS, TRAIN_FIELDS = ModelConfig.__dataclass_fields__, TrainConfig.__dataclass_fields__
@@ -142,12 +146,12 @@ def resume_configs(checkpoint, given, out_dir):
 def parse_args(argv=None):
     """{name: value} of the flags given: main makes the configs from them (with the defaults, or
     with a checkpoint's settings). Defaults and help texts live in the dataclasses' fields
-    (model.setting); BERT and ELECTRA start from a few defaults of their own (mlm.MLM.defaults,
-    electra.RTD.defaults)."""
-    parser = runtime.Parser(prog="train.py", description="Pretrain a GPT, a BERT or an ELECTRA.",
-                            argument_default=argparse.SUPPRESS)
+    (model.setting); BERT, ELECTRA and T5 start from a few defaults of their own
+    (mlm.MLM.defaults, electra.RTD.defaults, t5.SpanCorruption.defaults)."""
+    parser = runtime.Parser(prog="train.py", description="Pretrain a GPT, a BERT, an ELECTRA or "
+                            "a T5.", argument_default=argparse.SUPPRESS)
     notes = {}  # "with --model bert: 128; electra: 128"
-    for kind in ("bert", "electra"):
+    for kind in ("bert", "electra", "t5"):
         for name, value in objective_for(kind).defaults.items():
             notes[name] = notes[name] + f"; {kind}: {value}" if name in notes \
                 else f"with --model {kind}: {value}"
@@ -201,6 +205,12 @@ def check_settings(cfg, given):
         if cfg.model == "gpt":
             raise runtime.ConfigError(f"--{name} sets what a BERT hides; a GPT hides nothing: "
                                       f"add --model bert, or leave --{name} out")
+    if "mask_unit" in given and cfg.model == "t5":
+        raise runtime.ConfigError("--mask_unit: T5 hides spans of tokens, whose mean length is "
+                                  "--mean_span: leave --mask_unit out")
+    if "mean_span" in given and cfg.model != "t5":
+        raise runtime.ConfigError(f"--mean_span sets the spans T5 hides; a {cfg.model.upper()} "
+                                  f"hides no spans: add --model t5, or leave --mean_span out")
     for name in sorted(given.keys() & {"disc_weight", "generator_n_embd"}):  # ELECTRA's own
         if cfg.model != "electra":
             raise runtime.ConfigError(f"--{name} sets a part of ELECTRA, which a "

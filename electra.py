@@ -158,6 +158,7 @@ class RTD:
               "masks)")
     token_loss = "mlm_loss"  # the metric that scores tokens of the vocabulary (the plateau's)
     terms = {}  # the last loss's two parts, for the log (loss sets them)
+    sentinels = 0  # ids it needs after [MASK]: none
 
     @property
     def head_fraction(self):

@@ -162,6 +162,7 @@ class MLM:
     eval_overlap = 0  # evaluation blocks do not overlap: every token is in exactly one
     token_loss = "loss"  # the metric that scores tokens of the vocabulary (val_ppl is its exp)
     terms = {}  # parts of the loss to log beside it: none
+    sentinels = 0  # ids it needs after [MASK]: none (T5 needs some: t5.py)
 
     @property
     def head_fraction(self):

@@ -10,7 +10,8 @@ What this file teaches
          token at the positions mlm.py chose (and only there: "sparse prediction");
       3. the objective: clm.py for GPT, mlm.py for BERT.
     ELECTRA (electra.py) is built from the same parts: a Transformer and a small BERT that reads
-    its embeddings (`Transformer(..., embeddings=...)`).
+    its embeddings (`Transformer(..., embeddings=...)`). T5 (t5.py) joins the two kinds: an
+    encoder, and a decoder whose blocks also attend to the encoder's output (`CrossAttention`).
   * Attention twice: the fused `F.scaled_dot_product_attention`, and an explicit version you can
     read (QK^T / sqrt(d), mask, softmax, dropout, times V). tests/test_model.py proves they agree.
   * Two ways to tell the model where a token is: a learned table of position vectors added to the
@@ -163,11 +164,12 @@ class SelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
         # Each head works on its own slice of hs = C / nh channels.
         q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        cached = cache is not None and "k" in cache  # keys and values of earlier tokens kept
         if self.config.position == "rope":  # position enters here: rotate queries and keys
-            start = cache["k"].size(2) if cache else 0  # tokens already in the KV cache
+            start = cache["k"].size(2) if cached else 0  # tokens already in the KV cache
             q, k = apply_rope(q, start), apply_rope(k, start)
         if cache is not None:  # generation: this layer's keys and values of the earlier tokens
-            if cache:
+            if cached:
                 k = torch.cat([cache["k"], k], dim=2)  # (B, nh, T_cached + T, hs)
                 v = torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
@@ -186,6 +188,48 @@ class SelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+class CrossAttention(nn.Module):
+    """Attention from a decoder to an encoder (Vaswani et al. 2017; T5, t5.py): the queries come
+    from the decoder's positions, the keys and values from the encoder's output, the "memory". No
+    causal mask: the encoder's whole text is known before the decoder writes a token. No rotation:
+    a decoder position and an encoder position count in two different sequences, so the distance
+    between them means nothing (T5's cross-attention has no position either)."""
+
+    def __init__(self, config):
+        super().__init__()
+        C = config.n_embd
+        self.c_q = nn.Linear(C, C, bias=config.bias)  # queries, from the decoder
+        self.c_kv = nn.Linear(C, 2 * C, bias=config.bias)  # keys and values, from the encoder
+        self.c_proj = nn.Linear(C, C, bias=config.bias)  # back into the decoder's stream
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.config = config
+
+    def forward(self, x, memory, memory_mask=None, cache=None):
+        """x (B, T, C): the decoder's stream; memory (B, S, C): the encoder's output; memory_mask
+        (B, S): True at real tokens, False at padding. cache: the layer's dict of the KV cache,
+        which keeps the encoder's keys and values from the first call on: a prompt's are computed
+        once, however many tokens the decoder writes (sample.py)."""
+        B, T, C = x.shape
+        nh = self.config.n_head
+        if cache is not None and "cross_k" in cache:
+            k, v = cache["cross_k"], cache["cross_v"]
+        else:
+            S = memory.size(1)
+            k, v = (t.view(B, S, nh, C // nh).transpose(1, 2)  # (B, nh, S, hs) each
+                    for t in self.c_kv(memory).split(C, dim=2))
+            if cache is not None:
+                cache["cross_k"], cache["cross_v"] = k, v
+        q = self.c_q(x).view(B, T, nh, C // nh).transpose(1, 2)  # (B, nh, T, hs)
+        mask = None if memory_mask is None else memory_mask[:, None, None, :]  # (B, 1, 1, S)
+        dropout_p = self.config.dropout if self.training else 0.0
+        if self.config.explicit_attention:
+            y = explicit_attention(q, k, v, mask, dropout_p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
 class MLP(nn.Module):
     """Position-wise feed-forward network: widen 4x, GELU, project back."""
 
@@ -201,18 +245,25 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """The one Transformer block both models use. Pre-LayerNorm (GPT-2): x + f(LN(x)) keeps a clean
-    residual path from the embeddings to the output, which trains stably without tuned warmups."""
+    """The one Transformer block every model uses. Pre-LayerNorm (GPT-2): x + f(LN(x)) keeps a
+    clean residual path from the embeddings to the output, which trains stably without tuned
+    warmups. cross=True: the decoder block of an encoder-decoder (t5.py), which reads the encoder
+    through cross-attention between its self-attention and its MLP (GPT and BERT: cross=False,
+    and the block has no such layers)."""
 
-    def __init__(self, config, causal):
+    def __init__(self, config, causal, cross=False):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)  # eps=1e-5, as GPT-2
         self.attn = SelfAttention(config, causal)
+        self.ln_cross = nn.LayerNorm(config.n_embd, bias=config.bias) if cross else None
+        self.cross = CrossAttention(config) if cross else None
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, key_mask=None, cache=None):
+    def forward(self, x, key_mask=None, cache=None, memory=None, memory_mask=None):
         x = x + self.attn(self.ln_1(x), key_mask, cache)  # tokens exchange information
+        if self.cross is not None:  # ...read the encoder's text (memory: its output)...
+            x = x + self.cross(self.ln_cross(x), memory, memory_mask, cache)
         x = x + self.mlp(self.ln_2(x))  # each token is processed on its own
         return x
 
@@ -220,10 +271,11 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """Embeddings, n_layer blocks and a final LayerNorm: token ids (B, T) -> features (B, T, C)."""
 
-    def __init__(self, config, causal, embeddings=None):
+    def __init__(self, config, causal, embeddings=None, cross=False):
         """embeddings: None, or another Transformer whose embeddings (tokens, positions, their
         LayerNorm) this one reads too, as ELECTRA's generator reads its discriminator's
-        (electra.py). Embeddings of another width than n_embd are projected to it."""
+        (electra.py) and T5's decoder its encoder's (t5.py). Embeddings of another width than
+        n_embd are projected to it. cross: blocks that read an encoder's output (Block)."""
         super().__init__()
         self.config = config
         if embeddings is None:
@@ -239,14 +291,16 @@ class Transformer(nn.Module):
         E, C = self.wte.embedding_dim, config.n_embd
         self.proj_in = nn.Linear(E, C, bias=config.bias) if E != C else None  # E -> C
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList(Block(config, causal) for _ in range(config.n_layer))
+        self.h = nn.ModuleList(Block(config, causal, cross) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
 
-    def forward(self, idx, key_mask=None, cache=None):
+    def forward(self, idx, key_mask=None, cache=None, memory=None, memory_mask=None):
         """cache: None, or one dict per layer (start with [{} for each layer]) that attention fills
-        with keys and values, so a later call only feeds the new tokens (sample.py)."""
+        with keys and values, so a later call only feeds the new tokens (sample.py). memory,
+        memory_mask: the encoder's output (B, S, C) and where its real tokens are (B, S), for
+        blocks made with cross=True."""
         T = idx.size(1)
-        start = cache[0]["k"].size(2) if cache and cache[0] else 0  # tokens already in the cache
+        start = cache[0]["k"].size(2) if cache and "k" in cache[0] else 0  # tokens in the cache
         if start + T > self.config.block_size:
             raise ValueError(f"{start + T} positions, but block_size is {self.config.block_size}")
         x = self.wte(idx)  # (B, T, C)
@@ -260,9 +314,10 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.h):
             if self.config.grad_checkpointing and self.training and torch.is_grad_enabled():
                 # Activation checkpointing: keep only the block's input; backward runs it again.
-                x = checkpoint(block, x, key_mask, use_reentrant=False)
+                x = checkpoint(block, x, key_mask, None, memory, memory_mask,
+                               use_reentrant=False)
             else:
-                x = block(x, key_mask, None if cache is None else cache[i])
+                x = block(x, key_mask, None if cache is None else cache[i], memory, memory_mask)
         return self.ln_f(x)
 
 
@@ -502,9 +557,13 @@ def flops_per_token(model, seq_len, head_fraction=1.0):
     nothing. 12·L·H·Q·T: attention's QK^T and weights·V, with L layers, H heads, Q = head size
     and T = seq_len. head_fraction: the share of positions the head scores (1 for GPT; the masking
     rate for BERT's sparse head). A model of two Transformers (ELECTRA's) counts the blocks of
-    both; its small layers outside them (a projection, the discriminator's head) count as head."""
+    both; its small layers outside them (a projection, the discriminator's head) count as head.
+    T5's decoder (t5.py) reads only the positions its head scores: its blocks count that share."""
     stacks = [m for m in model.modules() if isinstance(m, Transformer)]
-    n_blocks = sum(p.numel() for t in stacks for p in t.h.parameters())
-    n_head = num_params(model, include_position=False) - n_blocks  # embedding/LM head (+ BERT's)
-    attention = sum(12 * t.config.n_layer * t.config.n_embd * seq_len for t in stacks)  # H·Q = C
-    return 6 * (n_blocks + head_fraction * n_head) + attention
+    share = [head_fraction if t.h[0].cross is not None else 1.0 for t in stacks]  # read by each
+    n_blocks = [sum(p.numel() for p in t.h.parameters()) for t in stacks]
+    n_head = num_params(model, include_position=False) - sum(n_blocks)  # embedding/LM head (+...)
+    blocks = sum(s * n for s, n in zip(share, n_blocks))
+    attention = sum(s * 12 * t.config.n_layer * t.config.n_embd * seq_len  # H·Q = C
+                    for s, t in zip(share, stacks))
+    return 6 * (blocks + head_fraction * n_head) + attention

@@ -24,6 +24,11 @@ can spell there, of one token or of several (`fill_mask`: a word of n tokens nee
 ELECTRA: its generator fills [MASK]s; a prompt without one is judged by the discriminator, each
 token with the probability that it was replaced (`print_replaced`).
 
+Filling spans (T5): each [MASK] is a blank of any length. The encoder reads the prompt once, each
+blank as a sentinel; the decoder writes "<s0> span 0 <s1> span 1 ...", with the sampling above and
+a KV cache of its own, and the encoder's keys and values for its cross-attention computed once per
+prompt (`fill_spans`).
+
 Perplexity: --eval val|test|file.txt runs data.evaluate, the exact pass over every token of
 the text. For a BERT it reports the masked-LM loss with fixed masks and its exponential, a
 "pseudo-perplexity" (not Salazar et al.'s, which masks one token at a time).
@@ -34,6 +39,7 @@ Run:
     python sample.py --prompt "The history of the"                 (the GPT in out/ckpt.pt)
     python sample.py --ckpt out-bert/ckpt.pt --prompt "The capital of France is [MASK] ."
     python sample.py --ckpt out-electra/ckpt.pt --prompt "The capital of France is tennis ."
+    python sample.py --ckpt out-t5/ckpt.pt --prompt "The film was released in the [MASK] in March ."
     python sample.py --eval test                                    perplexity on the test split
     python sample.py --ckpt out/ckpt.dcp --prompt "The"             a sharded run's (--fsdp)
     python sample.py --init_from gpt2 --prompt "Hello"              OpenAI's GPT-2 (124M)
@@ -46,7 +52,7 @@ import math
 import re
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 if __name__ == "__main__":  # Ctrl-C while torch loads ends quietly too (then: run_program)
@@ -63,6 +69,7 @@ from checkpoint import GPT2_PATH, checkpoint_path, load_checkpoint, load_gpt2, l
 from checkpoint import objective_for
 from mlm import word_edges
 from model import MASK_ID
+from t5 import T5, sentinel_count
 
 
 def top_k_filter(logits, k):
@@ -189,11 +196,47 @@ def spell(model, ids, where, n, first, then, beam):
     return beams
 
 
+@torch.no_grad()
+def fill_spans(model, ids, eot_id, sampling=Sampling(), generator=None, max_tokens=None,
+               use_cache=True):
+    """What a T5 writes into the blanks of ids (a list; the blanks are sentinels, <s0> first):
+    one list of token ids per blank, all written in one pass of its decoder, "<s0> span 0 <s1>
+    span 1 ... <sN>". The decoder starts from <|endoftext|> and <s0>, given; then it may write
+    ordinary tokens, or the sentinel that ends the span it is writing (nothing else: the other ids
+    are not text, and the blanks come in order). It stops after the last blank's sentinel, or
+    after max_tokens (at most block_size) in all: that span is then cut short."""
+    device, limit = next(model.parameters()).device, model.config.block_size
+    limit = min(limit, max_tokens or limit)
+    blanks = sum(t > eot_id + 1 for t in ids)
+    memory = model.encode(torch.tensor([ids], device=device))  # (1, S, C): read once
+    cache = [{} for _ in model.decoder.h] if use_cache else None
+    sampling = replace(sampling, text_ids=model.config.vocab_size)  # the ids are chosen here
+    written, fed, spans = [eot_id, eot_id + 2], 0, [[]]  # the start and <s0>; none in the cache
+    while len(spans) <= blanks and len(written) <= limit:
+        x = torch.tensor([written[fed:]], device=device)  # with a cache, only what it lacks
+        logits = model.decode(x, memory, cache=cache)[0, -1].float()  # (V,): the next token's
+        fed = len(written) if use_cache else 0
+        closing = eot_id + 2 + len(spans)  # the sentinel that ends the span being written
+        allowed = torch.arange(len(logits), device=device) < eot_id
+        allowed[closing] = True
+        token = next_token(logits.masked_fill(~allowed, float("-inf"))[None], sampling,
+                           generator).item()
+        written.append(token)
+        if token == closing:
+            spans.append([])
+        else:
+            spans[-1].append(token)
+    return (spans + [[] for _ in range(blanks)])[:blanks]  # (the blanks it did not reach: empty)
+
+
+BLANK = r" ?\[MASK\]"  # a [MASK] in a prompt, and the space before it: the hidden word's
+
+
 def encode_prompt(prompt, enc):
     """Token ids of a prompt with the tokenizer enc; "<|endoftext|>" becomes its id, "[MASK]" the
     id after it. GPT-2's BPE starts a word with its space (" Paris" is one token), so a space
     before [MASK] belongs to the hidden word."""
-    pieces = re.split(r" ?\[MASK\]", prompt)
+    pieces = re.split(BLANK, prompt)
     ids = []
     for i, piece in enumerate(pieces):
         ids += enc.encode(piece, allowed_special={"<|endoftext|>"})
@@ -249,6 +292,12 @@ def main(argv=None):
     if not ids:
         raise runtime.ConfigError("--prompt: the prompt has no tokens: give some text, or "
                                   "<|endoftext|> to start from nothing")
+    if not objective.causal and len(ids) > model.config.block_size:  # (a GPT's window slides)
+        raise runtime.ConfigError(f"--prompt has {len(ids)} tokens, more than the model's "
+                                  f"block_size {model.config.block_size}")
+    if isinstance(model, T5):  # blanks of any length, written by its decoder
+        sampling = Sampling(args.temperature, args.top_k, args.top_p)
+        return print_spans(model, ids, sampling, args, enc, device)
     if hasattr(model, "generator") and enc.eot_token + 1 not in ids:  # ELECTRA, text to judge
         return print_replaced(model, ids, enc, device)
     if not objective.causal:  # a BERT fills in masks (ELECTRA: its generator); a GPT continues
@@ -283,19 +332,43 @@ def print_fill_mask(model, ids, top_k, enc):
     if enc.eot_token + 1 not in ids:
         raise runtime.ConfigError("this checkpoint is a BERT: put [MASK] in the prompt (--prompt) "
                                   "where a word should be filled in")
-    if len(ids) > model.config.block_size:
-        raise runtime.ConfigError(f"--prompt has {len(ids)} tokens, more than the model's "
-                                  f"block_size {model.config.block_size}")
     for n, words in enumerate(fill_mask(model, ids, enc, top_k), start=1):
         print(f"[MASK] {n}: " + ", ".join(f"{word!r} {p:.3f}" for word, p in words))
+
+
+def print_spans(model, ids, sampling, args, enc, device):
+    """A T5's fillings of the prompt's blanks, args.num_samples of them: the prompt with what the
+    decoder wrote in each blank, in brackets."""
+    mask_id, sentinels = enc.eot_token + 1, sentinel_count(model.config.block_size)
+    blanks = ids.count(mask_id)
+    if blanks == 0:
+        raise runtime.ConfigError("this checkpoint is a T5: put [MASK] in the prompt (--prompt) "
+                                  "where text is missing, of any length")
+    if blanks >= sentinels:
+        raise runtime.ConfigError(f"--prompt has {blanks} blanks, but the model has {sentinels} "
+                                  f"sentinels, one per blank and one to end with: give at most "
+                                  f"{sentinels - 1}")
+    numbered = iter(range(mask_id + 1, mask_id + 1 + blanks))  # <s0>, <s1>, ... in order
+    ids = [next(numbered) if t == mask_id else t for t in ids]
+    pieces = re.split(BLANK, args.prompt)  # the text around the blanks
+    generator = torch.Generator(device).manual_seed(args.seed)
+    limit = min(model.config.block_size, args.max_new_tokens)
+    for n in range(args.num_samples):
+        spans = fill_spans(model, ids, enc.eot_token, sampling, generator, args.max_new_tokens,
+                           use_cache=not args.no_cache)
+        text = pieces[0]
+        for span, piece in zip(spans, pieces[1:]):
+            words = enc.decode(span)  # a blank's span starts with its space, as the word would
+            text += (" [" + words[1:] if words.startswith(" ") else "[" + words) + "]" + piece
+        print(f"--- sample {n + 1} ---\n{text}")
+        if sum(map(len, spans)) + 2 * blanks >= limit:  # (two sentinels, at most, per blank)
+            print(f"note: the decoder may have stopped at its limit of {limit} tokens "
+                  f"(--max_new_tokens, block_size) before it ended every blank", file=sys.stderr)
 
 
 def print_replaced(model, ids, enc, device):
     """ELECTRA's discriminator on a text: each token, and the probability it gives that the token
     was put there by the generator, not by the writer."""
-    if len(ids) > model.config.block_size:
-        raise runtime.ConfigError(f"--prompt has {len(ids)} tokens, more than the model's "
-                                  f"block_size {model.config.block_size}")
     with torch.no_grad():
         replaced = torch.sigmoid(model(torch.tensor([ids], device=device)).float())[0]  # (T,)
     for token, p in zip(ids, replaced.tolist()):

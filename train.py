@@ -163,13 +163,15 @@ def open_data(mcfg, cfg, checkpoint, given):
                      vocab_size=prepared.tokenizer_size(cfg, given))
     if world > 1:
         dist.barrier()
-    mcfg, eot_id = fit_vocabulary(mcfg, cfg, checkpoint, given)
     splits = {split: data.open_split(cfg.data_dir, split) for split in ("train", "val")}
     edges = None  # where words begin, for a BERT that hides whole words
     if cfg.mask_unit == "words":
         edges = word_edges(data.tokenizer(data.read_vocab(cfg.data_dir)))
-    objective = objective_for(cfg.model, mask_prob=cfg.mask_prob, eot_id=eot_id, edges=edges,
-                              fused=cfg.fused_head, disc_weight=cfg.disc_weight)
+    objective = objective_for(cfg.model, mask_prob=cfg.mask_prob, edges=edges,
+                              eot_id=prepared.read_meta(cfg.data_dir)["eot_id"],
+                              fused=cfg.fused_head, disc_weight=cfg.disc_weight,
+                              mean_span=cfg.mean_span, block_size=mcfg.block_size)
+    mcfg = fit_vocabulary(mcfg, cfg, checkpoint, given, objective.sentinels)
     return splits, objective, mcfg
 
 

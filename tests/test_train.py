@@ -299,8 +299,8 @@ def test_resuming_is_bit_exact(corpus, tmp_path, capsys):
             "further)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("kind", ["bert", "electra"])
-def test_bert_and_electra_resume_bit_exact_too(corpus, tmp_path, kind):
+@pytest.mark.parametrize("kind", ["bert", "electra", "t5"])
+def test_bert_electra_and_t5_resume_bit_exact_too(corpus, tmp_path, kind):
     flags = ["--max_steps", "6", "--dropout", "0.1", "--model", kind]
     run(corpus, tmp_path / "straight", *flags)
     run(corpus, tmp_path / "halves", *flags, "--stop_at", "3")
