@@ -38,8 +38,8 @@ threshold and no share of replaced tokens can flatter.
 
 Try it:    python -m pytest tests/test_electra.py
            python train.py --model electra
-Read next: clean.py, the first step from raw text to token blocks (then bpe.py and data.py;
-           finetune.py, which fine-tunes the discriminator, comes after train.py).
+Read next: t5.py, the third family: an encoder-decoder that writes hidden spans back
+           (finetune.py, which fine-tunes the discriminator, comes after train.py).
 """
 
 import math

@@ -1,7 +1,7 @@
 """
-finetune.py: what pretraining buys. A pretrained encoder (a BERT, or ELECTRA's discriminator) gets
-a classification head and is trained on a task it never saw; so does the same encoder with fresh
-weights. The difference in accuracy is what pretraining taught.
+finetune.py: what pretraining buys. A pretrained encoder (a BERT, ELECTRA's discriminator or T5's
+encoder) gets a classification head and is trained on a task it never saw; so does the same
+encoder with fresh weights. The difference in accuracy is what pretraining taught.
 
 The task: acceptability. Is a sentence as its writer wrote it (label 1), or were two neighbouring
 words swapped (label 0: "the was film released")? It is built mechanically from WikiText-2's val and
@@ -170,11 +170,11 @@ def encoder(checkpoint, scratch):
     kind = checkpoint["train_config"]["model"]
     if kind == "gpt":
         raise CheckpointError("this checkpoint is a GPT, which reads left to right; finetune.py "
-                              "fine-tunes an encoder: give the --ckpt of a --model bert or "
-                              "--model electra run")
+                              "fine-tunes an encoder: give the --ckpt of a --model bert, "
+                              "electra or t5 run")
     if scratch:  # (drawn from the seed finetune.run set)
         return objective_for(kind).Model(ModelConfig(**checkpoint["model_config"])).transformer
-    return load_model(checkpoint)[0].transformer  # (ELECTRA's generator is left behind)
+    return load_model(checkpoint)[0].transformer  # (ELECTRA's generator, T5's decoder: left)
 
 
 # Fine-tuning -------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """
-sample.py: using a trained model. Generation with a KV cache, fill-mask, perplexity.
+sample.py: using a trained model. Generation with a KV cache, fill-mask, span filling, perplexity.
 
 Generation (GPT). A causal LM gives a distribution over the next token; generating is drawing from
 it, appending the draw, and asking again. How we draw shapes the text:
@@ -48,6 +48,7 @@ Read next: export.py, then EXERCISES.md.
 """
 
 import codecs
+import itertools
 import math
 import re
 import signal
@@ -336,6 +337,12 @@ def print_fill_mask(model, ids, top_k, enc):
         print(f"[MASK] {n}: " + ", ".join(f"{word!r} {p:.3f}" for word, p in words))
 
 
+def number_blanks(ids, mask_id):
+    """ids with its [MASK]s made T5's sentinels, <s0> (the id after [MASK]), <s1>, ... in order."""
+    numbered = itertools.count(mask_id + 1)
+    return [next(numbered) if t == mask_id else t for t in ids]
+
+
 def print_spans(model, ids, sampling, args, enc, device):
     """A T5's fillings of the prompt's blanks, args.num_samples of them: the prompt with what the
     decoder wrote in each blank, in brackets."""
@@ -348,8 +355,7 @@ def print_spans(model, ids, sampling, args, enc, device):
         raise runtime.ConfigError(f"--prompt has {blanks} blanks, but the model has {sentinels} "
                                   f"sentinels, one per blank and one to end with: give at most "
                                   f"{sentinels - 1}")
-    numbered = iter(range(mask_id + 1, mask_id + 1 + blanks))  # <s0>, <s1>, ... in order
-    ids = [next(numbered) if t == mask_id else t for t in ids]
+    ids = number_blanks(ids, mask_id)
     pieces = re.split(BLANK, args.prompt)  # the text around the blanks
     generator = torch.Generator(device).manual_seed(args.seed)
     limit = min(model.config.block_size, args.max_new_tokens)
@@ -378,14 +384,16 @@ def print_replaced(model, ids, enc, device):
 
 def parse_args(argv):
     parser = runtime.Parser(prog="sample.py", description="Sample from a GPT, fill masks with a "
-                                                          "BERT, or measure perplexity.")
+                                                          "BERT, fill blanks with a T5, or measure "
+                                                          "perplexity.")
     add = parser.add_argument
     add("--ckpt", default=None, help="checkpoint written by train.py (default: out/ckpt.pt, or "
                                      "the folder out/ckpt.dcp of a --fsdp run)")
     add("--init_from", choices=("ckpt", "gpt2"), default="ckpt",
         help="gpt2: OpenAI's weights instead of --ckpt")
     add("--gpt2_path", default=GPT2_PATH, help="GPT-2's pytorch_model.bin")
-    add("--prompt", default="<|endoftext|>", help="text to continue (GPT) or with [MASK]s (BERT)")
+    add("--prompt", default="<|endoftext|>", help="text to continue (GPT), or with [MASK]s: words "
+        "(BERT) or blanks of any length (T5)")
     add("--max_new_tokens", type=int, default=200)
     add("--temperature", type=float, default=0.8, help="0 = always the most likely token")
     add("--top_k", type=int, default=None, help="sample among the k most likely tokens only")

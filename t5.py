@@ -22,10 +22,10 @@ forcing: the decoder reads the target moved one place right, behind a start toke
 How T5 chooses the spans (`noise_mask`, as T5's code draws them): of a text of n tokens,
 round(0.15 n) are hidden (the noise density), in round(hidden / 3) spans (mean span length 3).
 The hidden tokens are split into that many spans of random lengths, every split equally likely,
-the kept tokens likewise, the two interleaved, and the whole turned by a random offset. Our blocks join documents with
-<|endoftext|> (data.py); T5 corrupts each document's text on its own, so we do too: each run of
-ordinary tokens between two <|endoftext|> is a text, and <|endoftext|> is never hidden. A span
-therefore never crosses from one document into the next.
+the kept tokens likewise, the two interleaved, and the whole turned by a random offset. Our blocks
+join documents with <|endoftext|> (data.py); T5 corrupts each document's text on its own, so we do
+too: each run of ordinary tokens between two <|endoftext|> is a text, and <|endoftext|> is never
+hidden. A span therefore never crosses from one document into the next.
 
 Why spans. A hidden span of three tokens cannot be guessed from the tokens right next to it, and
 one sentinel for a whole span makes the encoder's input shorter and the target short: 15% of the
@@ -60,9 +60,9 @@ MEAN_SPAN = 3.0  # T5's mean length of a hidden span (Raffel et al. 2020, sectio
 
 
 def sentinel_count(block_size):
-    """Sentinel ids a model of this block_size needs: a block has at most block_size // 2 spans
-    (each span follows at least one kept token), and the target ends with one sentinel more."""
-    return block_size // 2 + 1
+    """Sentinel ids a model of this block_size needs: a block has at most ceil(block_size / 2)
+    spans (a kept token between any two), and the target ends with one sentinel more."""
+    return (block_size + 1) // 2 + 1
 
 
 class T5(nn.Module):
@@ -252,5 +252,6 @@ class SpanCorruption:
     summarize = staticmethod(means)  # the metrics from the sums over the whole split
 
     def describe(self, metrics):
-        return (f"loss {metrics['loss']:.4f} per target token (its exp: "
-                f"{math.exp(metrics['loss']):.1f}), spans written exactly {metrics['span_acc']:.1%}")
+        loss = metrics["loss"]
+        return (f"loss {loss:.4f} per target token (its exp: {math.exp(loss):.1f}), spans "
+                f"written exactly {metrics['span_acc']:.1%}")

@@ -110,6 +110,7 @@ TRAIN_RUNS = [("ddp-halves", ["--max_steps", "4", "--stop_at", "2"]),
               ("ddp-halves", ["--init_from", "resume"]),
               ("ddp-bert", ["--model", "bert", "--max_steps", "4", "--optimizer", "adamw"]),
               ("ddp-electra", ["--model", "electra", "--max_steps", "4", "--optimizer", "adamw"]),
+              ("ddp-t5", ["--model", "t5", "--max_steps", "4", "--optimizer", "adamw"]),
               ("ddp-then-one", ["--max_steps", "4", "--stop_at", "2"]),  # resumed in one process
               ("fsdp-straight", ["--max_steps", "4", "--fsdp"]),
               ("fsdp-halves", ["--max_steps", "4", "--stop_at", "2", "--fsdp"]),
@@ -280,13 +281,15 @@ def test_torchrun_writes_from_rank_0_only_and_resumes_exactly(corpus, spawned, t
         assert torch.equal(v, checkpoints[1]["model"][k]), k
 
 
-@pytest.mark.parametrize("kind", ["gpt", "bert", "electra"])
+@pytest.mark.parametrize("kind", ["gpt", "bert", "electra", "t5"])
 def test_train_py_in_two_processes_equals_one_process_with_twice_the_accumulation(corpus, spawned,
                                                                                   tmp_path, kind):
-    """One generator draws each step's whole batch, BERT's masks (and ELECTRA's noise for its
-    draws) included, and each process takes its share: the losses of train.py in two processes
-    are those of one process with --grad_accum_steps 2, through the command line itself."""
-    two = spawned / {"gpt": "ddp-halves", "bert": "ddp-bert", "electra": "ddp-electra"}[kind]
+    """One generator draws each step's whole batch, BERT's masks (ELECTRA's noise for its draws,
+    T5's spans, padded to the step's longest row) included, and each process takes its share:
+    the losses of train.py in two processes are those of one process with --grad_accum_steps 2,
+    through the command line itself."""
+    two = spawned / {"gpt": "ddp-halves", "bert": "ddp-bert", "electra": "ddp-electra",
+                     "t5": "ddp-t5"}[kind]
     # (AdamW for BERT too: Muon's Newton-Schulz steps multiply the float noise of the sums by
     # hundreds, and what is tested here is the data, not the optimizer)
     flags = ["--model", kind, "--max_steps", "4", "--grad_accum_steps", "2", "--optimizer",

@@ -2,13 +2,17 @@
 3.1.4, and against attention and decoding written out here."""
 
 import math
+import re
 
 import pytest
 import torch
 
+import data
 import model
+import runtime
 import sample
 import t5
+import train
 
 EOT = 100  # a small vocabulary: ordinary ids 0..99, <|endoftext|> 100, [MASK] 101, sentinels after
 
@@ -270,3 +274,35 @@ def test_a_trained_t5_writes_the_hidden_span(trained):
     ids = ids[:10] + [EOT + 2] + ids[14:]
     (span,) = sample.fill_spans(m, ids, EOT, sample.Sampling(temperature=0))
     assert span == hidden
+
+
+@pytest.fixture(scope="module")
+def t5_checkpoint(tmp_path_factory):
+    """A T5 trained by train.py for a few steps on a small text (a tokenizer of 300 ids)."""
+    folder = tmp_path_factory.mktemp("t5")
+    (folder / "text.txt").write_text("The king stood by the river and the queen sat by the sea . "
+                                     * 200, encoding="utf-8")
+    data.prepare(folder / "prepared", text=str(folder / "text.txt"), clean_text=False,
+                 vocab_size=300)
+    train.main(["--model", "t5", "--data_dir", str(folder / "prepared"), "--out_dir",
+                str(folder / "out"), "--n_layer", "1", "--n_head", "2", "--n_embd", "32",
+                "--block_size", "64", "--batch_size", "4", "--max_steps", "40", "--device", "cpu",
+                "--dtype", "float32", "--eval_iters", "1"])
+    return str(folder / "out" / "ckpt.pt")
+
+
+def test_sample_fills_each_blank_and_refuses_a_prompt_without_one_or_with_too_many(
+        t5_checkpoint, capsys):
+    capsys.readouterr()
+    sample.main(["--ckpt", t5_checkpoint, "--prompt", "The king [MASK] by the river and [MASK] .",
+                 "--temperature", "0", "--num_samples", "2"])
+    shown = capsys.readouterr().out.splitlines()
+    assert (shown[0], shown[2]) == ("--- sample 1 ---", "--- sample 2 ---")
+    assert shown[1] == shown[3]  # greedy: the same filling twice
+    # the prompt, each blank's span in brackets (empty where a decoder of 40 steps ran out of room)
+    assert re.fullmatch(r"The king ?\[.*\] by the river and ?\[.*\] \.", shown[1]), shown[1]
+    with pytest.raises(runtime.ConfigError, match="this checkpoint is a T5: put .MASK. in the "):
+        sample.main(["--ckpt", t5_checkpoint, "--prompt", "The king stood by the river ."])
+    # block_size 64: 33 sentinels, for 32 blanks and the one that ends the target
+    with pytest.raises(runtime.ConfigError, match="has 33 blanks, but the model has 33 sentinels"):
+        sample.main(["--ckpt", t5_checkpoint, "--prompt", "[MASK]" * 33])

@@ -10,13 +10,19 @@ have been fitted to.
 
 A BERT fills the [MASK] from both sides with a word of one token or several, as sample.py does
 (`sample.fill_mask`). A GPT cannot see past the [MASK]: it is asked for the token after the text
-before it, a harder question for some sentences, and a word its tokenizer splits is a miss.
+before it, a harder question for some sentences, and a word its tokenizer splits is a miss. A T5
+writes what goes in the blank, greedily (`sample.fill_spans` at temperature 0): one answer, of
+as many tokens as it likes, so it has a top 1 and no ranks.
 
-Columns: "top 5", how many of the 40 have the hidden word among the model's 5 most likely words;
+Columns: "top 1", how many of all 60 have the hidden word as the model's answer (its most likely
+word); "top 5", how many of the 40 have the hidden word among the model's 5 most likely words;
 "median rank" of the hidden word among the 40 (past 50: inf); "split words", hidden words its
 tokenizer cuts into pieces; the same for the later 20; "met 10+ times", how many of all 60
 sentences hold a pair (the word before the [MASK], the hidden word) that WikiText-2's train split
-holds at least 10 times, and of those, how many the model has in its top 5.
+holds at least 10 times, and of those, how many the model has in its top 5. "two words: top 1":
+the same 60 sentences with the word before the [MASK] hidden too ("the [MASK] in the winter",
+Atlantic Ocean), how many the model fills exactly. A T5 is not told that two words are missing; a
+BERT is (two [MASK]s, each its most likely word: it cannot answer otherwise); a GPT is not asked.
 
 Run (from the repository's root, after `python train.py` and `python train.py --model bert
 --out_dir out-bert`):
@@ -104,8 +110,8 @@ LATER_COLLOCATIONS = [  # 20 more, written after the BERT's tokenizer was chosen
     ("The two nations signed a peace [MASK] to end the war .", "treaty"),
 ]
 TRAIN_TEXT = Path("data/wikitext-2/wiki.train.tokens")  # WikiText-2's words, as data.py keeps them
-COLUMNS = ("top 5", "median rank", "split words", "later 20: top 5", "later 20: split",
-           "met 10+ times", "met 10+ times: top 5")
+COLUMNS = ("top 1", "top 5", "median rank", "split words", "later 20: top 5", "later 20: split",
+           "met 10+ times", "met 10+ times: top 5", "two words: top 1")
 
 
 @torch.no_grad()
@@ -114,29 +120,53 @@ def probe(path):
     checkpoint = load_checkpoint(path)  # a missing or damaged file: one line that says so
     model, _, enc = load_model(checkpoint)
     model.eval()
-    fill_mask = checkpoint["train_config"]["model"] == "bert"
-    ranks, split, pairs = [], [], []
+    kind = checkpoint["train_config"]["model"]
+    answers, ranks, split, pairs, two = [], [], [], [], []
     for sentence, word in COLLOCATIONS + LATER_COLLOCATIONS:
         before = sentence.split(" [MASK]")[0]
-        if fill_mask:  # words, most likely first, as sample.py ranks them
-            ids = sample.encode_prompt(sentence, enc)
-            ranked = [w for w, _ in sample.fill_mask(model, ids, enc, top_k=50)[0]]
-        else:  # the next token after the words before the [MASK], ordinary tokens only
-            logits = model(torch.tensor([enc.encode(before)]))[0, -1]
-            ranked = [enc.decode([t]) for t in logits[:enc.eot_token].topk(50).indices]
-        ranks.append(1 + ranked.index(" " + word) if " " + word in ranked else math.inf)
+        previous = before.split(" ")[-1]
+        both = sentence.replace(f"{previous} [MASK]", "[MASK]")  # two words in one blank
+        if kind == "t5":  # its one answer
+            answers.append(write_span(model, sentence, enc))
+            two.append(write_span(model, both, enc) == f" {previous} {word}")
+            ranks.append(1 if answers[-1] == " " + word else math.inf)
+        else:
+            if kind == "bert":  # words, most likely first, as sample.py ranks them
+                ids = sample.encode_prompt(sentence, enc)
+                ranked = [w for w, _ in sample.fill_mask(model, ids, enc, top_k=50)[0]]
+                ids = sample.encode_prompt(both.replace("[MASK]", "[MASK] [MASK]"), enc)
+                words = sample.fill_mask(model, ids, enc, top_k=1)  # each [MASK]'s best word
+                two.append("".join(w[0][0] for w in words if w) == f" {previous} {word}")
+            else:  # the next token after the words before the [MASK], ordinary tokens only
+                logits = model(torch.tensor([enc.encode(before)]))[0, -1]
+                ranked = [enc.decode([t]) for t in logits[:enc.eot_token].topk(50).indices]
+            answers.append(ranked[0])
+            ranks.append(1 + ranked.index(" " + word) if " " + word in ranked else math.inf)
         split.append(len(enc.encode_ordinary(" " + word)) > 1)
-        pairs.append(f" {before.split(' ')[-1]} {word} ")  # the word before the [MASK], and it
+        pairs.append(f" {previous} {word} ")  # the word before the [MASK], and it
     n = len(COLLOCATIONS)
-    result = {"top 5": sum(r <= 5 for r in ranks[:n]), "median rank": statistics.median(ranks[:n]),
-              "split words": sum(split[:n]), "later 20: top 5": sum(r <= 5 for r in ranks[n:]),
+    result = {"top 1": sum(r == 1 for r in ranks), "split words": sum(split[:n]),
               "later 20: split": sum(split[n:])}
+    if kind != "t5":  # (a T5 gives one answer: no ranks)
+        result |= {"top 5": sum(r <= 5 for r in ranks[:n]),
+                   "median rank": statistics.median(ranks[:n]),
+                   "later 20: top 5": sum(r <= 5 for r in ranks[n:])}
+    if two:
+        result["two words: top 1"] = sum(two)
     if TRAIN_TEXT.exists():
         text = TRAIN_TEXT.read_text(encoding="utf-8")
         met = [text.count(pair) >= 10 for pair in pairs]
-        result |= {"met 10+ times": sum(met),
-                   "met 10+ times: top 5": sum(r <= 5 for r, m in zip(ranks, met) if m)}
+        result["met 10+ times"] = sum(met)
+        if kind != "t5":
+            result["met 10+ times: top 5"] = sum(r <= 5 for r, m in zip(ranks, met) if m)
     return result
+
+
+def write_span(model, sentence, enc):
+    """What a T5 writes, greedily, into the one blank of sentence."""
+    ids = sample.number_blanks(sample.encode_prompt(sentence, enc), enc.eot_token + 1)
+    (span,) = sample.fill_spans(model, ids, enc.eot_token, sample.Sampling(temperature=0))
+    return enc.decode(span)
 
 
 def main(argv=None):
