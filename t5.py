@@ -29,8 +29,8 @@ hidden. A span therefore never crosses from one document into the next.
 
 Why spans. A hidden span of three tokens cannot be guessed from the tokens right next to it, and
 one sentinel for a whole span makes the encoder's input shorter and the target short: 15% of the
-tokens and a sentinel per span, about a fifth of the block. T5 found this objective at least as
-good as BERT's for the same compute, and cheaper per step (the paper's Table 7).
+tokens and a sentinel per span, about a fifth of the block. T5 found it at least as good as
+BERT's objective, and cheaper per step for its shorter targets (Raffel et al. 2020, section 3.3).
 
 Evaluation, over the whole val split with fixed corruptions (15%, spans of mean 3): the loss per
 target token (its exp: val_ppl), and span accuracy: the share of hidden spans that greedy decoding
