@@ -33,8 +33,8 @@ def documents(n_tokens, generator):
 
 
 def blocks(n, T, generator):
-    stream = documents(n * T, generator)
-    return stream.view(n, T)
+    """n blocks of T tokens, cut from such a stream as data.py cuts its token file."""
+    return documents(n * T, generator).view(n, T)
 
 
 def uncorrupt(inputs, targets):
@@ -52,8 +52,8 @@ def uncorrupt(inputs, targets):
     return text
 
 
-def hidden_runs(inputs, targets):
-    """[(span lengths), hidden tokens] of one row, read from its target."""
+def span_lengths(targets):
+    """The length of each hidden span of one row, read from its target."""
     lengths = []
     for token in targets[:-1]:  # (the final sentinel ends the target)
         if token > EOT + 1:
@@ -91,7 +91,7 @@ def test_the_corruption_hides_15_percent_in_spans_of_mean_3_and_never_an_end_of_
     hidden, spans = 0, 0
     for b in range(2000):
         row_targets = targets[b][targets[b] != model.IGNORE].tolist()
-        lengths = hidden_runs(None, row_targets)
+        lengths = span_lengths(row_targets)
         assert all(n >= 1 for n in lengths)  # a sentinel stands for a span of one token or more
         assert EOT not in row_targets  # <|endoftext|> is never hidden...
         assert inputs[b][key_mask[b]].tolist().count(EOT) == idx[b].tolist().count(EOT)
