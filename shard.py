@@ -37,6 +37,7 @@ import tempfile
 import torch
 import torch.distributed as dist
 
+from model import Block
 from runtime import UserError
 
 # torch.distributed's FSDP and checkpoint modules take over a second to import, which every run
@@ -56,7 +57,8 @@ def wrap(model, device, dtype):
     low = device.type == "cuda" and dtype == torch.bfloat16
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if low \
         else MixedPrecisionPolicy()
-    for block in model.transformer.h:  # activation checkpointing, if on, runs inside each Block
+    blocks = [m for m in model.modules() if isinstance(m, Block)]  # of every stack: ELECTRA's
+    for block in blocks:  # generator, T5's decoder; activation checkpointing runs inside each
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
