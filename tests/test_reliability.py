@@ -515,9 +515,10 @@ def test_a_busy_out_dir_is_refused_and_the_first_run_ends_leaving_clean_output_a
 
 
 def test_killed_at_random_moments_a_run_resumes_to_the_unbroken_result(corpus, tmp_path):
-    # three kills, each at most 0.2 s (a handful of these tiny steps) after a checkpoint, land
-    # well before step 60
-    steps = 60
+    # three kills, each at most 0.2 s after a checkpoint (and the 0.05 s of a poll), land well
+    # before step 150: these tiny steps take some 15 ms on a fast CPU, so a kill may come 20
+    # steps after the checkpoint it waited for (60 steps were too few: a run could end first)
+    steps = 150
     flags = ["--max_steps", str(steps), "--ckpt_interval", "1", "--dropout", "0.1"]
     train.main(small_run(corpus, tmp_path / "unbroken", *flags))
     out, rng, kills = tmp_path / "killed", random.Random(0), 0
