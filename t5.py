@@ -27,10 +27,12 @@ join documents with <|endoftext|> (data.py); T5 corrupts each document's text on
 too: each run of ordinary tokens between two <|endoftext|> is a text, and <|endoftext|> is never
 hidden. A span therefore never crosses from one document into the next.
 
-Why spans. A hidden span of three tokens cannot be guessed from the tokens right next to it, and
-one sentinel for a whole span makes the encoder's input shorter and the target short: 15% of the
-tokens and a sentinel per span, about a fifth of the block. T5 found it at least as good as
-BERT's objective, and cheaper per step for its shorter targets (Raffel et al. 2020, section 3.3).
+Why spans. A span of three hidden tokens is harder to guess from its neighbours than one token
+between two known ones, and one sentinel for a whole span makes the encoder's input shorter and
+the target short: 15% of the tokens and a sentinel per span, about a fifth of the block. T5 found
+it at least as good as BERT's objective, and cheaper per step for its shorter targets (Raffel et
+al. 2020, section 3.3). In a lesson's time it learns slowly, though: docs/log.md ("T5: the
+defaults", and the entries after it) has what the default run and two longer ones learned.
 
 Evaluation, over the whole val split with fixed corruptions (15%, spans of mean 3): the loss per
 target token (its exp: val_ppl), and span accuracy: the share of hidden spans that greedy decoding
@@ -38,7 +40,7 @@ writes exactly, each span after the true target before it (so one wrong span doe
 rest), ended by the right sentinel. Greedy here is what sample.py writes at --temperature 0.
 
 Try it:    python -m pytest tests/test_t5.py
-           python train.py --model t5
+           python train.py --model t5 --out_dir out-t5
            python sample.py --ckpt out-t5/ckpt.pt --prompt "He was born in [MASK] in 1950 ."
 Read next: clean.py, the first step from raw text to token blocks (then bpe.py and data.py).
 """
