@@ -32,7 +32,7 @@ between two known ones, and one sentinel for a whole span makes the encoder's in
 the target short: 15% of the tokens and a sentinel per span, about a fifth of the block. T5 found
 it at least as good as BERT's objective, and cheaper per step for its shorter targets (Raffel et
 al. 2020, section 3.3). In a lesson's time it learns slowly, though: docs/log.md ("T5: the
-defaults", and the entries after it) has what the default run and two longer ones learned.
+defaults", and the entries above it) has what the default run learned, and two that learn more.
 
 Evaluation, over the whole val split with fixed corruptions (15%, spans of mean 3): the loss per
 target token (its exp: val_ppl), and span accuracy: the share of hidden spans that greedy decoding
