@@ -267,6 +267,27 @@ def test_span_accuracy_is_what_greedy_decoding_writes(trained):
     assert 0 < by_hand < total  # the model knows some spans and not others: the count can fail
 
 
+def test_evaluation_scores_the_hidden_tokens_apart_from_the_sentinels(trained):
+    """The loss per target token, and the loss at the hidden tokens alone, each the mean of
+    -log p(target) picked out here by hand from the softmax of the logits."""
+    m, objective, text = trained
+    batch = objective.eval_batch(text, range(len(text)))
+    with torch.no_grad():
+        sums = objective.eval_sums(m, *batch)
+        log_p = torch.log_softmax(m(*batch[:3]), dim=-1)  # (B, L, V)
+    targets = batch[3]
+    picked = [(-log_p[b, t, targets[b, t]].item(), targets[b, t].item() > EOT)
+              for b in range(len(text)) for t in range(targets.size(1))
+              if targets[b, t] != model.IGNORE]
+    everything = [loss for loss, _ in picked]
+    text_only = [loss for loss, sentinel in picked if not sentinel]
+    assert 0 < len(text_only) < len(everything)
+    for name, losses in (("loss", everything), ("hidden_loss", text_only)):
+        total, count = sums[name]
+        assert int(count) == len(losses)
+        assert float(total) / int(count) == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+
+
 def test_a_trained_t5_writes_the_hidden_span(trained):
     m, _, text = trained
     ids = text[0].tolist()
