@@ -70,7 +70,7 @@ from checkpoint import GPT2_PATH, checkpoint_path, load_checkpoint, load_gpt2, l
 from checkpoint import objective_for
 from mlm import word_edges
 from model import MASK_ID
-from t5 import T5, sentinel_count
+from t5 import T5, sentinel, sentinel_count
 
 
 def top_k_filter(logits, k):
@@ -200,24 +200,25 @@ def spell(model, ids, where, n, first, then, beam):
 @torch.no_grad()
 def fill_spans(model, ids, eot_id, sampling=Sampling(), generator=None, max_tokens=None,
                use_cache=True):
-    """What a T5 writes into the blanks of ids (a list; the blanks are sentinels, <s0> first):
-    one list of token ids per blank, all written in one pass of its decoder, "<s0> span 0 <s1>
-    span 1 ... <sN>". The decoder starts from <|endoftext|> and <s0>, given; then it may write
-    ordinary tokens, or the sentinel that ends the span it is writing (nothing else: the other ids
-    are not text, and the blanks come in order). It stops after the last blank's sentinel, or
-    after max_tokens (at most block_size) in all: that span is then cut short."""
+    """What a T5 writes into the blanks of ids (a list; the blanks are sentinels, <s0> first), all
+    in one pass of its decoder, "<s0> span 0 <s1> span 1 ... <sN>": (one list of token ids per
+    blank, whether it ended them all). The decoder starts from <|endoftext|> and <s0>, given; then
+    it may write ordinary tokens, or the sentinel that ends the span it is writing (nothing else:
+    the other ids are not text, and the blanks come in order). It stops after the last blank's
+    sentinel, or after max_tokens (at most block_size) in all: that span is then cut short, and
+    the blanks after it stay empty."""
     device, limit = next(model.parameters()).device, model.config.block_size
     limit = min(limit, max_tokens or limit)
-    blanks = sum(t > eot_id + 1 for t in ids)
+    blanks = sum(t >= sentinel(0, eot_id) for t in ids)
     memory = model.encode(torch.tensor([ids], device=device))  # (1, S, C): read once
     cache = [{} for _ in model.decoder.h] if use_cache else None
     sampling = replace(sampling, text_ids=model.config.vocab_size)  # the ids are chosen here
-    written, fed, spans = [eot_id, eot_id + 2], 0, [[]]  # the start and <s0>; none in the cache
+    written, fed, spans = [eot_id, sentinel(0, eot_id)], 0, [[]]  # the start and <s0>, given
     while len(spans) <= blanks and len(written) <= limit:
         x = torch.tensor([written[fed:]], device=device)  # with a cache, only what it lacks
         logits = model.decode(x, memory, cache=cache)[0, -1].float()  # (V,): the next token's
         fed = len(written) if use_cache else 0
-        closing = eot_id + 2 + len(spans)  # the sentinel that ends the span being written
+        closing = sentinel(len(spans), eot_id)  # the sentinel that ends the span being written
         allowed = torch.arange(len(logits), device=device) < eot_id
         allowed[closing] = True
         token = next_token(logits.masked_fill(~allowed, float("-inf"))[None], sampling,
@@ -227,7 +228,8 @@ def fill_spans(model, ids, eot_id, sampling=Sampling(), generator=None, max_toke
             spans.append([])
         else:
             spans[-1].append(token)
-    return (spans + [[] for _ in range(blanks)])[:blanks]  # (the blanks it did not reach: empty)
+    finished = len(spans) > blanks  # (the last blank's sentinel opened an empty list)
+    return (spans + [[] for _ in range(blanks)])[:blanks], finished
 
 
 BLANK = r" ?\[MASK\]"  # a [MASK] in a prompt, and the space before it: the hidden word's
@@ -337,10 +339,11 @@ def print_fill_mask(model, ids, top_k, enc):
         print(f"[MASK] {n}: " + ", ".join(f"{word!r} {p:.3f}" for word, p in words))
 
 
-def number_blanks(ids, mask_id):
-    """ids with its [MASK]s made T5's sentinels, <s0> (the id after [MASK]), <s1>, ... in order."""
-    numbered = itertools.count(mask_id + 1)
-    return [next(numbered) if t == mask_id else t for t in ids]
+def number_blanks(ids, eot_id):
+    """ids with its [MASK]s (the id after <|endoftext|>) made T5's sentinels, <s0>, <s1>, ... in
+    order."""
+    numbered = itertools.count(sentinel(0, eot_id))
+    return [next(numbered) if t == eot_id + 1 else t for t in ids]
 
 
 def print_spans(model, ids, sampling, args, enc, device):
@@ -355,21 +358,21 @@ def print_spans(model, ids, sampling, args, enc, device):
         raise runtime.ConfigError(f"--prompt has {blanks} blanks, but the model has {sentinels} "
                                   f"sentinels, one per blank and one to end with: give at most "
                                   f"{sentinels - 1}")
-    ids = number_blanks(ids, mask_id)
+    ids = number_blanks(ids, enc.eot_token)
     pieces = re.split(BLANK, args.prompt)  # the text around the blanks
     generator = torch.Generator(device).manual_seed(args.seed)
-    limit = min(model.config.block_size, args.max_new_tokens)
     for n in range(args.num_samples):
-        spans = fill_spans(model, ids, enc.eot_token, sampling, generator, args.max_new_tokens,
-                           use_cache=not args.no_cache)
+        spans, finished = fill_spans(model, ids, enc.eot_token, sampling, generator,
+                                     args.max_new_tokens, use_cache=not args.no_cache)
         text = pieces[0]
         for span, piece in zip(spans, pieces[1:]):
             words = enc.decode(span)  # a blank's span starts with its space, as the word would
             text += (" [" + words[1:] if words.startswith(" ") else "[" + words) + "]" + piece
         print(f"--- sample {n + 1} ---\n{text}")
-        if sum(map(len, spans)) + 2 * blanks >= limit:  # (two sentinels, at most, per blank)
-            print(f"note: the decoder may have stopped at its limit of {limit} tokens "
-                  f"(--max_new_tokens, block_size) before it ended every blank", file=sys.stderr)
+        if not finished:
+            limit = min(model.config.block_size, args.max_new_tokens)
+            print(f"note: the decoder stopped at its limit of {limit} tokens (--max_new_tokens, "
+                  f"block_size) before it ended every blank", file=sys.stderr)
 
 
 def print_replaced(model, ids, enc, device):

@@ -62,6 +62,12 @@ from model import EOT_ID, IGNORE, Transformer, head_loss, init_weights
 MEAN_SPAN = 3.0  # T5's mean length of a hidden span (Raffel et al. 2020, section 3.1.4)
 
 
+def sentinel(i, eot_id):
+    """The id of sentinel <s_i> (an int, or a tensor of them): <s0> is the id after [MASK], which
+    is the id after <|endoftext|>."""
+    return eot_id + 2 + i
+
+
 def sentinel_count(block_size):
     """Sentinel ids a model of this block_size needs: a block has at most ceil(block_size / 2)
     spans (a kept token between any two), and the target ends with one sentinel more."""
@@ -137,11 +143,11 @@ def corrupt_row(row, hidden, eot_id):
     span replaced by its sentinel in the input; the target, each sentinel followed by its span,
     and the final sentinel."""
     first = hidden & ~F.pad(hidden[:-1], (1, 0))  # (T,): the first token of each span
-    sentinel = eot_id + 1 + first.cumsum(0)  # (T,): <s0> = [MASK] + 1 from the first span on
-    inputs = torch.where(first, sentinel, row)[~hidden | first]  # a span's other tokens go
-    pairs = torch.stack([sentinel, row], dim=1)  # (T, 2): a sentinel, then the token
+    sentinels = sentinel(first.cumsum(0) - 1, eot_id)  # (T,): <s0> from the first span on
+    inputs = torch.where(first, sentinels, row)[~hidden | first]  # a span's other tokens go
+    pairs = torch.stack([sentinels, row], dim=1)  # (T, 2): a sentinel, then the token
     before = torch.stack([first, hidden], dim=1)  # (T, 2): the sentinel only before a first token
-    final = torch.tensor([eot_id + 2 + int(first.sum())])
+    final = torch.tensor([sentinel(int(first.sum()), eot_id)])
     return inputs, torch.cat([pairs[before], final])
 
 
@@ -156,9 +162,9 @@ def corrupt_spans(idx, generators, density=0.15, mean_span=MEAN_SPAN, eot_id=EOT
     inputs, targets = [], []
     for row, generator in zip(idx, generators):
         hidden = torch.zeros_like(row, dtype=torch.bool)
-        ordinary = F.pad((row < eot_id).int(), (1, 1))  # each document's part of the block...
-        starts = (ordinary.diff() == 1).nonzero().flatten().tolist()
-        ends = (ordinary.diff() == -1).nonzero().flatten().tolist()
+        edges = F.pad((row < eot_id).int(), (1, 1)).diff()  # each document's part of the block...
+        starts = (edges == 1).nonzero().flatten().tolist()  # (+1 where a run of ordinary tokens
+        ends = (edges == -1).nonzero().flatten().tolist()  # begins, -1 just past its end)
         for start, end in zip(starts, ends):  # ...is a text of its own, as T5 corrupts them
             hidden[start:end] = noise_mask(end - start, density, mean_span, generator)
         row_inputs, row_targets = corrupt_row(row, hidden, eot_id)
@@ -179,9 +185,9 @@ def greedy_spans(logits, targets, eot_id):
     then, and stops there. Like sample.py's decoder, it may write ordinary tokens or the sentinel
     that ends the span, nothing else."""
     real = targets != IGNORE
-    is_sentinel = real & (targets > eot_id + 1)  # (B, L)
+    is_sentinel = real & (targets >= sentinel(0, eot_id))  # (B, L)
     span = is_sentinel.cumsum(1) - is_sentinel.long() - 1  # the span a position writes; <s0>: -1
-    closing = (eot_id + 3 + span).clamp(max=logits.size(-1) - 1)  # its sentinel, (B, L)
+    closing = sentinel(span + 1, eot_id).clamp(max=logits.size(-1) - 1)  # its sentinel, (B, L)
     best_text, best_id = logits[..., :eot_id].max(dim=-1)  # (B, L) each
     guess = torch.where(logits.gather(-1, closing[..., None])[..., 0] > best_text, closing, best_id)
     wrong = (guess != targets) & real & (span >= 0)

@@ -225,7 +225,7 @@ def test_cached_span_filling_equals_uncached_and_reads_the_encoder_once(trained)
     for use_cache in (True, False):
         calls.clear()
         generator = torch.Generator().manual_seed(5)
-        runs.append(sample.fill_spans(m, ids, EOT, sampling, generator, use_cache=use_cache))
+        runs.append(sample.fill_spans(m, ids, EOT, sampling, generator, use_cache=use_cache)[0])
         runs.append(len(calls))
     for hook in hooks:
         hook.remove()
@@ -293,8 +293,9 @@ def test_a_trained_t5_writes_the_hidden_span(trained):
     ids = text[0].tolist()
     hidden = ids[10:14]  # four tokens, as it was trained to write: round(24 x 0.15)
     ids = ids[:10] + [EOT + 2] + ids[14:]
-    (span,) = sample.fill_spans(m, ids, EOT, sample.Sampling(temperature=0))
+    (span,), finished = sample.fill_spans(m, ids, EOT, sample.Sampling(temperature=0))
     assert span == hidden
+    assert finished  # it wrote the sentinel that ends the blank
 
 
 @pytest.fixture(scope="module")

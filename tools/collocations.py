@@ -121,15 +121,14 @@ def probe(path):
     model, _, enc = load_model(checkpoint)
     model.eval()
     kind = checkpoint["train_config"]["model"]
-    answers, ranks, split, pairs, two = [], [], [], [], []
+    ranks, split, pairs, two = [], [], [], []
     for sentence, word in COLLOCATIONS + LATER_COLLOCATIONS:
         before = sentence.split(" [MASK]")[0]
         previous = before.split(" ")[-1]
         both = sentence.replace(f"{previous} [MASK]", "[MASK]")  # two words in one blank
         if kind == "t5":  # its one answer
-            answers.append(write_span(model, sentence, enc))
+            ranks.append(1 if write_span(model, sentence, enc) == " " + word else math.inf)
             two.append(write_span(model, both, enc) == f" {previous} {word}")
-            ranks.append(1 if answers[-1] == " " + word else math.inf)
         else:
             if kind == "bert":  # words, most likely first, as sample.py ranks them
                 ids = sample.encode_prompt(sentence, enc)
@@ -140,7 +139,6 @@ def probe(path):
             else:  # the next token after the words before the [MASK], ordinary tokens only
                 logits = model(torch.tensor([enc.encode(before)]))[0, -1]
                 ranked = [enc.decode([t]) for t in logits[:enc.eot_token].topk(50).indices]
-            answers.append(ranked[0])
             ranks.append(1 + ranked.index(" " + word) if " " + word in ranked else math.inf)
         split.append(len(enc.encode_ordinary(" " + word)) > 1)
         pairs.append(f" {previous} {word} ")  # the word before the [MASK], and it
@@ -164,8 +162,8 @@ def probe(path):
 
 def write_span(model, sentence, enc):
     """What a T5 writes, greedily, into the one blank of sentence."""
-    ids = sample.number_blanks(sample.encode_prompt(sentence, enc), enc.eot_token + 1)
-    (span,) = sample.fill_spans(model, ids, enc.eot_token, sample.Sampling(temperature=0))
+    ids = sample.number_blanks(sample.encode_prompt(sentence, enc), enc.eot_token)
+    (span,), _ = sample.fill_spans(model, ids, enc.eot_token, sample.Sampling(temperature=0))
     return enc.decode(span)
 
 
