@@ -38,6 +38,7 @@ from mlm import MLM
 from model import EOT_ID, GPT, ModelConfig
 from runtime import ConfigError, UserError
 from t5 import SpanCorruption
+from xlnet import PLM
 
 GPT2_PATH = "data/gpt2/pytorch_model.bin"  # where --init_from gpt2 finds (or downloads) GPT-2
 KEYS = {"model", "optimizer", "scaler", "step", "model_config", "train_config", "best_val_loss",
@@ -48,15 +49,16 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be used or written; the message says why and what to do."""
 
 
-OBJECTIVES = {"gpt": CLM, "bert": MLM, "electra": RTD, "t5": SpanCorruption}  # what it learns by
+OBJECTIVES = {"gpt": CLM, "bert": MLM, "electra": RTD, "t5": SpanCorruption,  # what each learns by
+              "xlnet": PLM}
 
 
 def objective_for(kind, **settings):
     """GPT learns by next-token prediction (clm.py), BERT by masked LM (mlm.py), ELECTRA by
-    replaced-token detection (electra.py), T5 by span corruption (t5.py). Each objective takes the
-    settings it has a field for: mask_prob, the tokenizer's <|endoftext|> id (eot_id), where its
-    words begin to hide whole words (edges: mlm.word_edges; None hides tokens), ELECTRA's λ
-    (disc_weight), T5's mean_span and the block_size its sentinels depend on; fused: the loss by the
+    replaced-token detection (electra.py), T5 by span corruption (t5.py), XLNet by permuted LM
+    (xlnet.py). Each objective takes the settings it has a field for: mask_prob, the tokenizer's
+    <|endoftext|> id (eot_id), where its words begin to hide whole words (edges: mlm.word_edges;
+    None hides tokens), ELECTRA's λ (disc_weight), T5's mean_span and the block_size its sentinels depend on; fused: the loss by the
     model's head in one pass (model.HeadLoss) instead of as the objective's lesson writes it
     (train.py's --fused_head)."""
     objective = OBJECTIVES[kind]

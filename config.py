@@ -34,9 +34,10 @@ from t5 import MEAN_SPAN
 
 @dataclass
 class TrainConfig:
-    model: Literal["gpt", "bert", "electra", "t5"] = setting(
+    model: Literal["gpt", "bert", "electra", "t5", "xlnet"] = setting(
         "gpt", "gpt: causal LM (clm.py); bert: masked LM (mlm.py); electra: replaced-token "
-        "detection (electra.py); t5: span corruption, an encoder-decoder (t5.py)")
+        "detection (electra.py); t5: span corruption, an encoder-decoder (t5.py); xlnet: "
+        "permuted LM (xlnet.py)")
     data_dir: str = setting(data.WIKITEXT_DIR, "the corpus's .bin files (data.py prepares them)")
     tokenizer_size: int = setting(0, "0: GPT-2's tokenizer; N: one of N ids trained on the "
                                   "training text (bpe.py), for a --data_dir not yet prepared")
@@ -65,7 +66,8 @@ class TrainConfig:
         "adamw", "adamw: AdamW for every weight; muon: Muon for the Linear layers' weights, AdamW "
         "for the rest (muon.py)")
     mask_prob: float = setting(0.3, "BERT, ELECTRA, T5: share of tokens chosen for prediction "
-                               "(BERT's paper: 0.15; docs/bert.md); T5's noise density")
+                               "(BERT's paper: 0.15; docs/bert.md); T5's noise density; XLNet: "
+                               "1/K, the share of each order predicted")
     mean_span: float = setting(MEAN_SPAN, "T5: the mean length of a hidden span (Raffel et al. "
                                "2020)")
     mask_unit: Literal["tokens", "words"] = setting(
@@ -146,12 +148,12 @@ def resume_configs(checkpoint, given, out_dir):
 def parse_args(argv=None):
     """{name: value} of the flags given: main makes the configs from them (with the defaults, or
     with a checkpoint's settings). Defaults and help texts live in the dataclasses' fields
-    (model.setting); BERT, ELECTRA and T5 start from a few defaults of their own
-    (mlm.MLM.defaults, electra.RTD.defaults, t5.SpanCorruption.defaults)."""
-    parser = runtime.Parser(prog="train.py", description="Pretrain a GPT, a BERT, an ELECTRA or "
-                            "a T5.", argument_default=argparse.SUPPRESS)
+    (model.setting); BERT, ELECTRA, T5 and XLNet start from a few defaults of their own
+    (mlm.MLM.defaults, electra.RTD.defaults, t5.SpanCorruption.defaults, xlnet.PLM.defaults)."""
+    parser = runtime.Parser(prog="train.py", description="Pretrain a GPT, a BERT, an ELECTRA, "
+                            "a T5 or an XLNet.", argument_default=argparse.SUPPRESS)
     notes = {}  # "with --model bert: 128; electra: 128"
-    for kind in ("bert", "electra", "t5"):
+    for kind in ("bert", "electra", "t5", "xlnet"):
         for name, value in objective_for(kind).defaults.items():
             notes[name] = notes[name] + f"; {kind}: {value}" if name in notes \
                 else f"with --model {kind}: {value}"
@@ -208,6 +210,9 @@ def check_settings(cfg, given):
     if "mask_unit" in given and cfg.model == "t5":
         raise runtime.ConfigError("--mask_unit: T5 hides spans of tokens, whose mean length is "
                                   "--mean_span: leave --mask_unit out")
+    if "mask_unit" in given and cfg.model == "xlnet":
+        raise runtime.ConfigError("--mask_unit: XLNet predicts the last tokens of a random order, "
+                                  "not words: leave --mask_unit out")
     if "mean_span" in given and cfg.model != "t5":
         raise runtime.ConfigError(f"--mean_span sets the spans T5 hides; a {cfg.model.upper()} "
                                   f"hides no spans: add --model t5, or leave --mean_span out")

@@ -119,9 +119,10 @@ def attention_mask(T_q, T_k, causal, key_mask, device):
     return mask
 
 
-def apply_rope(x, start=0):
+def apply_rope(x, positions):
     """Rotary position embedding (Su et al. 2021, "RoFormer"). x (B, nh, T, hs) holds queries or
-    keys of positions start, start + 1, ...; each channel pair (2i, 2i + 1) at position p is
+    keys of the tokens at positions (T,), or (B, T) when each row has its own (XLNet's query
+    stream: xlnet.py); each channel pair (2i, 2i + 1) at position p is
     rotated by the angle p * theta_i, with theta_i = 10000^(-2i / hs): fast turns in the first
     pairs, slow ones in the last. A rotation keeps lengths, and the dot product of a query rotated
     by angle a with a key rotated by b depends on a - b only, so attention scores depend on how far
@@ -129,8 +130,9 @@ def apply_rope(x, start=0):
     embeddings: position enters every layer's attention, from the first step of training."""
     hs, dtype = x.size(-1), torch.promote_types(x.dtype, torch.float32)  # angles in fp32 at least
     theta = 10000 ** (-torch.arange(0, hs, 2, device=x.device, dtype=dtype) / hs)
-    p = torch.arange(start, start + x.size(-2), device=x.device, dtype=dtype)
-    angles = p[:, None] * theta  # (T, hs/2)
+    p = positions.to(dtype)
+    p = p[:, None] if p.dim() == 2 else p  # (B, 1, T): the same for every head
+    angles = p[..., None] * theta  # (T, hs/2) or (B, 1, T, hs/2)
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     x1, x2 = x[..., 0::2], x[..., 1::2]  # the two channels of each pair, (B, nh, T, hs/2) each
     rotated = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (..., hs/2, 2)
@@ -158,7 +160,11 @@ class SelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.config, self.causal = config, causal
 
-    def forward(self, x, key_mask=None, cache=None):
+    def forward(self, x, key_mask=None, cache=None, positions=None, mask=None):
+        """x (B, T, C); key_mask (B, T_k): True at real tokens; cache: the layer's dict of the KV
+        cache; positions (T,) or (B, T): where the tokens stand (default 0, 1, ..., after the
+        cache's); mask (B, 1, T, T_k): who sees whom, given whole (XLNet's, made from its
+        factorisation order: xlnet.py), instead of the one causal and key_mask make."""
         B, T, C = x.shape
         nh = self.config.n_head
         q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
@@ -166,8 +172,10 @@ class SelfAttention(nn.Module):
         q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         cached = cache is not None and "k" in cache  # keys and values of earlier tokens kept
         if self.config.position == "rope":  # position enters here: rotate queries and keys
-            start = cache["k"].size(2) if cached else 0  # tokens already in the KV cache
-            q, k = apply_rope(q, start), apply_rope(k, start)
+            if positions is None:
+                start = cache["k"].size(2) if cached else 0  # tokens already in the KV cache
+                positions = torch.arange(start, start + T, device=x.device)
+            q, k = apply_rope(q, positions), apply_rope(k, positions)
         if cache is not None:  # generation: this layer's keys and values of the earlier tokens
             if cached:
                 k = torch.cat([cache["k"], k], dim=2)  # (B, nh, T_cached + T, hs)
@@ -175,15 +183,17 @@ class SelfAttention(nn.Module):
             cache["k"], cache["v"] = k, v
         T_k = k.size(2)
         dropout_p = self.config.dropout if self.training else 0.0
-        if self.config.explicit_attention:
-            mask = attention_mask(T, T_k, self.causal, key_mask, x.device)
-            y = explicit_attention(q, k, v, mask, dropout_p)
-        elif self.causal and key_mask is None and T == T_k:
-            # The same causal mask, stated as a flag so that SDPA may pick a fused kernel.
+        plain_causal = self.causal and key_mask is None and mask is None and T == T_k
+        if plain_causal and not self.config.explicit_attention:
+            # The causal mask stated as a flag, so that SDPA may pick a fused kernel.
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
-            mask = attention_mask(T, T_k, self.causal, key_mask, x.device)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            if mask is None:
+                mask = attention_mask(T, T_k, self.causal, key_mask, x.device)
+            if self.config.explicit_attention:
+                y = explicit_attention(q, k, v, mask, dropout_p)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -260,8 +270,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, key_mask=None, cache=None, memory=None, memory_mask=None):
-        x = x + self.attn(self.ln_1(x), key_mask, cache)  # tokens exchange information
+    def forward(self, x, key_mask=None, cache=None, memory=None, memory_mask=None,
+                positions=None, mask=None):
+        x = x + self.attn(self.ln_1(x), key_mask, cache, positions, mask)  # tokens read each other
         if self.cross is not None:  # ...read the encoder's text (memory: its output)...
             x = x + self.cross(self.ln_cross(x), memory, memory_mask, cache)
         x = x + self.mlp(self.ln_2(x))  # each token is processed on its own
@@ -294,18 +305,25 @@ class Transformer(nn.Module):
         self.h = nn.ModuleList(Block(config, causal, cross) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
 
-    def forward(self, idx, key_mask=None, cache=None, memory=None, memory_mask=None):
+    def forward(self, idx, key_mask=None, cache=None, memory=None, memory_mask=None,
+                queries=None, positions=None, mask=None):
         """cache: None, or one dict per layer (start with [{} for each layer]) that attention fills
         with keys and values, so a later call only feeds the new tokens (sample.py). memory,
         memory_mask: the encoder's output (B, S, C) and where its real tokens are (B, S), for
-        blocks made with cross=True."""
+        blocks made with cross=True. XLNet's two streams (xlnet.py): queries (B, P, E), vectors
+        that enter as P more rows after the T tokens' embeddings; positions (B, T + P): where each
+        row stands; mask (B, 1, T + P, T + P): who sees whom."""
         T = idx.size(1)
         start = cache[0]["k"].size(2) if cache and "k" in cache[0] else 0  # tokens in the cache
         if start + T > self.config.block_size:
             raise ValueError(f"{start + T} positions, but block_size is {self.config.block_size}")
-        x = self.wte(idx)  # (B, T, C)
+        if positions is None:
+            positions = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.wte(idx)  # (B, T, E)
+        if queries is not None:
+            x = torch.cat([x, queries], dim=1)  # (B, T + P, E)
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))  # + (T, C)
+            x = x + self.wpe(positions)  # + (T, E) or (B, T + P, E)
         if self.ln_emb is not None:
             x = self.ln_emb(x)
         if self.proj_in is not None:
@@ -314,10 +332,11 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.h):
             if self.config.grad_checkpointing and self.training and torch.is_grad_enabled():
                 # Activation checkpointing: keep only the block's input; backward runs it again.
-                x = checkpoint(block, x, key_mask, None, memory, memory_mask,
+                x = checkpoint(block, x, key_mask, None, memory, memory_mask, positions, mask,
                                use_reentrant=False)
             else:
-                x = block(x, key_mask, None if cache is None else cache[i], memory, memory_mask)
+                x = block(x, key_mask, None if cache is None else cache[i], memory, memory_mask,
+                          positions, mask)
         return self.ln_f(x)
 
 
@@ -558,12 +577,15 @@ def flops_per_token(model, seq_len, head_fraction=1.0):
     and T = seq_len. head_fraction: the share of positions the head scores (1 for GPT; the masking
     rate for BERT's sparse head). A model of two Transformers (ELECTRA's) counts the blocks of
     both; its small layers outside them (a projection, the discriminator's head) count as head.
-    T5's decoder (t5.py) reads only the positions its head scores: its blocks count that share."""
+    T5's decoder (t5.py) reads only the positions its head scores: its blocks count that share.
+    XLNet's blocks (xlnet.py) run its query stream too, a row per scored position: 1 +
+    head_fraction rows per token, attention over all of them."""
+    rows = 1 + head_fraction if hasattr(model, "mask_emb") else 1.0  # (mask_emb: XLNet's w)
     stacks = [m for m in model.modules() if isinstance(m, Transformer)]
     share = [head_fraction if t.h[0].cross is not None else 1.0 for t in stacks]  # read by each
     n_blocks = [sum(p.numel() for p in t.h.parameters()) for t in stacks]
     n_head = num_params(model, include_position=False) - sum(n_blocks)  # embedding/LM head (+...)
-    blocks = sum(s * n for s, n in zip(share, n_blocks))
-    attention = sum(s * 12 * t.config.n_layer * t.config.n_embd * seq_len  # H·Q = C
+    blocks = rows * sum(s * n for s, n in zip(share, n_blocks))
+    attention = rows**2 * sum(s * 12 * t.config.n_layer * t.config.n_embd * seq_len  # H·Q = C
                     for s, t in zip(share, stacks))
     return 6 * (blocks + head_fraction * n_head) + attention

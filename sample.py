@@ -71,6 +71,7 @@ from checkpoint import objective_for
 from mlm import word_edges
 from model import MASK_ID
 from t5 import T5, sentinel, sentinel_count
+from xlnet import XLNet, blanks_last
 
 
 def top_k_filter(logits, k):
@@ -123,17 +124,21 @@ def next_token(logits, sampling=Sampling(), generator=None):
 
 @torch.no_grad()
 def stream(model, idx, max_new_tokens, sampling=Sampling(), generator=None, use_cache=True):
-    """Generate from a GPT, yielding each new token (B, 1) as soon as it is drawn."""
+    """Generate from a GPT (or an XLNet), yielding each new token (B, 1) as soon as it is
+    drawn."""
     window = model.config.block_size
     cache = None
     for _ in range(max_new_tokens):
-        if use_cache and cache is not None and idx.size(1) <= window:
-            x = idx[:, -1:]  # only the newest token: the cache holds the rest's keys and values
-        else:  # the first step, no cache, or a window that slid: run the whole window
-            cache = [{} for _ in model.transformer.h] if use_cache else None
-            x = idx[:, -window:]  # a prompt longer than the window is cropped from the left
-        features = model.transformer(x, cache=cache)  # (B, len(x), C)
-        logits = model.lm_head(features[:, -1, :])  # (B, V): only the last position's prediction
+        if isinstance(model, XLNet):  # no cache: the window, and the new position asked last
+            logits = model.next_token_logits(idx[:, 1 - window:])  # (B, V)
+        else:
+            if use_cache and cache is not None and idx.size(1) <= window:
+                x = idx[:, -1:]  # only the newest token: the cache has the rest's keys and values
+            else:  # the first step, no cache, or a window that slid: run the whole window
+                cache = [{} for _ in model.transformer.h] if use_cache else None
+                x = idx[:, -window:]  # a prompt longer than the window is cropped from the left
+            features = model.transformer(x, cache=cache)  # (B, len(x), C)
+            logits = model.lm_head(features[:, -1, :])  # (B, V): the last position's prediction
         token = next_token(logits, sampling, generator)
         idx = torch.cat([idx, token], dim=1)
         yield token
@@ -187,7 +192,10 @@ def spell(model, ids, where, n, first, then, beam):
         idx = torch.tensor(rows, device=device)  # (beams, T + n - 1)
         at = torch.zeros_like(idx, dtype=torch.bool)
         at[:, where + i] = True
-        logits = model(idx, positions=at).float()  # (beams, vocabulary): one row each
+        if isinstance(model, XLNet):  # its order: the known tokens, then the blanks (xlnet.py)
+            logits = model(idx, blanks_last(idx == mask_id), positions=at).float()
+        else:
+            logits = model(idx, positions=at).float()  # (beams, vocabulary): one row each
         logits[:, V:] = float("-inf")  # candidates are ordinary tokens
         probs = F.softmax(logits, dim=-1)[:, :V] * (first if i == 0 else then).to(device)
         joint = torch.tensor([p for _, p in beams], device=device)[:, None] * probs  # (beams, V)
@@ -295,7 +303,8 @@ def main(argv=None):
     if not ids:
         raise runtime.ConfigError("--prompt: the prompt has no tokens: give some text, or "
                                   "<|endoftext|> to start from nothing")
-    if not objective.causal and len(ids) > model.config.block_size:  # (a GPT's window slides)
+    fills = not objective.causal or (isinstance(model, XLNet) and enc.eot_token + 1 in ids)
+    if fills and len(ids) > model.config.block_size:  # (a GPT's window slides)
         raise runtime.ConfigError(f"--prompt has {len(ids)} tokens, more than the model's "
                                   f"block_size {model.config.block_size}")
     if isinstance(model, T5):  # blanks of any length, written by its decoder
@@ -303,15 +312,16 @@ def main(argv=None):
         return print_spans(model, ids, sampling, args, enc, device)
     if hasattr(model, "generator") and enc.eot_token + 1 not in ids:  # ELECTRA, text to judge
         return print_replaced(model, ids, enc, device)
-    if not objective.causal:  # a BERT fills in masks (ELECTRA: its generator); a GPT continues
+    if fills:  # a BERT fills in masks (ELECTRA: its generator; an XLNet too); a GPT continues
         return print_fill_mask(getattr(model, "generator", model), ids, args.top_k or 5, enc)
     if enc.eot_token + 1 in ids:
         raise runtime.ConfigError("[MASK] in a prompt is for BERT checkpoints; this one is a GPT: "
                                   "give text to continue")
     sampling = Sampling(args.temperature, args.top_k, args.top_p, text_ids=enc.eot_token + 1)
-    if len(ids) > model.config.block_size:
-        print(f"note: the prompt has {len(ids)} tokens; the model sees only the last "
-              f"{model.config.block_size}", file=sys.stderr)
+    window = model.config.block_size - isinstance(model, XLNet)  # (its next position: a row)
+    if len(ids) > window:
+        print(f"note: the prompt has {len(ids)} tokens; the model sees only the last {window}",
+              file=sys.stderr)
     print_samples(model, ids, sampling, args, enc, device)
 
 

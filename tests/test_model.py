@@ -108,13 +108,17 @@ def test_rope_rotates_each_channel_pair_like_a_complex_number():
     """RoPE written the other way round: channel pair (2i, 2i + 1) as the complex number
     x_2i + j x_2i+1, multiplied by e^(j p theta_i) with theta_i = 10000^(-2i / hs)."""
     x = torch.randn(2, 3, 7, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    start = 5
     pairs = torch.complex(x[..., 0::2], x[..., 1::2])  # (2, 3, 7, 4)
     theta = torch.tensor([10000 ** (-2 * i / 8) for i in range(4)], dtype=torch.float64)
-    p = torch.arange(start, start + 7, dtype=torch.float64)[:, None]  # positions 5..11
-    turned = pairs * torch.exp(1j * p * theta)
+    p = torch.arange(5, 12)  # positions 5..11
+    turned = pairs * torch.exp(1j * p[:, None].double() * theta)
     expected = torch.stack([turned.real, turned.imag], dim=-1).flatten(-2)
-    torch.testing.assert_close(model.apply_rope(x, start), expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(model.apply_rope(x, p), expected, atol=1e-12, rtol=0)
+    # Each row at positions of its own (XLNet's query stream): row b as if rotated alone.
+    rows = torch.stack([p, torch.tensor([9, 0, 3, 3, 1, 2, 20])])  # (2, 7)
+    for b in range(2):
+        torch.testing.assert_close(model.apply_rope(x, rows)[b],
+                                   model.apply_rope(x[b:b + 1], rows[b])[0], atol=1e-12, rtol=0)
 
 
 def test_rope_scores_depend_only_on_the_distance_between_positions():
@@ -122,7 +126,8 @@ def test_rope_scores_depend_only_on_the_distance_between_positions():
                        generator=torch.Generator().manual_seed(1))  # one query, one key, 2 heads
 
     def score(m, n):  # query at position m, key at position n
-        return (model.apply_rope(q, m) * model.apply_rope(k, n)).sum(-1).flatten()
+        return (model.apply_rope(q, torch.tensor([m])) *
+                model.apply_rope(k, torch.tensor([n]))).sum(-1).flatten()
 
     for m, n in ((3, 1), (10, 2), (40, 40), (0, 7)):
         for shift in (1, 17, 100):

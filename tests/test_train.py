@@ -232,7 +232,7 @@ def test_accumulated_gradients_equal_one_big_batch():
             torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["gpt", "bert", "t5"])
+@pytest.mark.parametrize("kind", ["gpt", "bert", "t5", "xlnet"])
 def test_the_plain_loss_and_the_fused_head_take_the_same_training_step(kind):
     """train_step with the objective's plain loss (the logits, then clm_loss or mlm_loss, as the
     lessons write them) and with the fused head (model.HeadLoss): the same loss, gradient norm and
@@ -300,8 +300,8 @@ def test_resuming_is_bit_exact(corpus, tmp_path, capsys):
             "further)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("kind", ["bert", "electra", "t5"])
-def test_bert_electra_and_t5_resume_bit_exact_too(corpus, tmp_path, kind):
+@pytest.mark.parametrize("kind", ["bert", "electra", "t5", "xlnet"])
+def test_the_other_objectives_resume_bit_exact_too(corpus, tmp_path, kind):
     flags = ["--max_steps", "6", "--dropout", "0.1", "--model", kind]
     run(corpus, tmp_path / "straight", *flags)
     run(corpus, tmp_path / "halves", *flags, "--stop_at", "3")
