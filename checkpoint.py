@@ -58,9 +58,9 @@ def objective_for(kind, **settings):
     replaced-token detection (electra.py), T5 by span corruption (t5.py), XLNet by permuted LM
     (xlnet.py). Each objective takes the settings it has a field for: mask_prob, the tokenizer's
     <|endoftext|> id (eot_id), where its words begin to hide whole words (edges: mlm.word_edges;
-    None hides tokens), ELECTRA's λ (disc_weight), T5's mean_span and the block_size its sentinels depend on; fused: the loss by the
-    model's head in one pass (model.HeadLoss) instead of as the objective's lesson writes it
-    (train.py's --fused_head)."""
+    None hides tokens), ELECTRA's λ (disc_weight), T5's mean_span and the block_size its
+    sentinels depend on; fused: the loss by the model's head in one pass (model.HeadLoss) instead
+    of as the objective's lesson writes it (train.py's --fused_head)."""
     objective = OBJECTIVES[kind]
     names = {f.name for f in dataclasses.fields(objective)}
     return objective(**{name: value for name, value in settings.items() if name in names})

@@ -214,13 +214,13 @@ def check_settings(cfg, given):
         raise runtime.ConfigError("--mask_unit: XLNet predicts the last tokens of a random order, "
                                   "not words: leave --mask_unit out")
     if "mean_span" in given and cfg.model != "t5":
-        raise runtime.ConfigError(f"--mean_span sets the spans T5 hides; a {cfg.model.upper()} "
+        raise runtime.ConfigError(f"--mean_span sets the spans T5 hides; --model {cfg.model} "
                                   f"hides no spans: add --model t5, or leave --mean_span out")
     for name in sorted(given.keys() & {"disc_weight", "generator_n_embd"}):  # ELECTRA's own
         if cfg.model != "electra":
-            raise runtime.ConfigError(f"--{name} sets a part of ELECTRA, which a "
-                                      f"{cfg.model.upper()} does not have: add --model electra, "
-                                      f"or leave --{name} out")
+            raise runtime.ConfigError(f"--{name} sets a part of ELECTRA, which --model "
+                                      f"{cfg.model} does not have: add --model electra, or "
+                                      f"leave --{name} out")
     if cfg.model == "electra" and cfg.fused_head:
         raise runtime.ConfigError("--fused_head never holds the logits, and ELECTRA samples its "
                                   "replacements from the generator's: leave --fused_head out")

@@ -1,7 +1,8 @@
 """
-finetune.py: what pretraining buys. A pretrained encoder (a BERT, ELECTRA's discriminator or T5's
-encoder) gets a classification head and is trained on a task it never saw; so does the same
-encoder with fresh weights. The difference in accuracy is what pretraining taught.
+finetune.py: what pretraining buys. A pretrained encoder (a BERT, ELECTRA's discriminator, T5's
+encoder or an XLNet, whose content stream reads both ways when no order is given) gets a
+classification head and is trained on a task it never saw; so does the same encoder with fresh
+weights. The difference in accuracy is what pretraining taught.
 
 The task: acceptability. Is a sentence as its writer wrote it (label 1), or were two neighbouring
 words swapped (label 0: "the was film released")? It is built mechanically from WikiText-2's val and
@@ -171,7 +172,7 @@ def encoder(checkpoint, scratch):
     if kind == "gpt":
         raise CheckpointError("this checkpoint is a GPT, which reads left to right; finetune.py "
                               "fine-tunes an encoder: give the --ckpt of a --model bert, "
-                              "electra or t5 run")
+                              "electra, t5 or xlnet run")
     if scratch:  # (drawn from the seed finetune.run set)
         return objective_for(kind).Model(ModelConfig(**checkpoint["model_config"])).transformer
     return load_model(checkpoint)[0].transformer  # (ELECTRA's generator, T5's decoder: left)

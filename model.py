@@ -12,6 +12,8 @@ What this file teaches
     ELECTRA (electra.py) is built from the same parts: a Transformer and a small BERT that reads
     its embeddings (`Transformer(..., embeddings=...)`). T5 (t5.py) joins the two kinds: an
     encoder, and a decoder whose blocks also attend to the encoder's output (`CrossAttention`).
+    XLNet (xlnet.py) runs the same blocks as two streams, rows of one attention whose mask comes
+    from a random factorisation order (`Transformer(..., queries=, positions=, mask=)`).
   * Attention twice: the fused `F.scaled_dot_product_attention`, and an explicit version you can
     read (QK^T / sqrt(d), mask, softmax, dropout, times V). tests/test_model.py proves they agree.
   * Two ways to tell the model where a token is: a learned table of position vectors added to the
@@ -160,11 +162,12 @@ class SelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.config, self.causal = config, causal
 
-    def forward(self, x, key_mask=None, cache=None, positions=None, mask=None):
-        """x (B, T, C); key_mask (B, T_k): True at real tokens; cache: the layer's dict of the KV
-        cache; positions (T,) or (B, T): where the tokens stand (default 0, 1, ..., after the
-        cache's); mask (B, 1, T, T_k): who sees whom, given whole (XLNet's, made from its
-        factorisation order: xlnet.py), instead of the one causal and key_mask make."""
+    def forward(self, x, positions, key_mask=None, cache=None, mask=None):
+        """x (B, T, C); positions (T,) or (B, T): where the tokens stand (Transformer.forward:
+        0, 1, ... after the tokens in the cache); key_mask (B, T_k): True at real tokens; cache:
+        the layer's dict of the KV cache; mask (B, 1, T, T_k): who sees whom, given whole
+        (XLNet's, made from its factorisation order: xlnet.py), instead of the one causal and
+        key_mask make."""
         B, T, C = x.shape
         nh = self.config.n_head
         q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
@@ -172,9 +175,6 @@ class SelfAttention(nn.Module):
         q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         cached = cache is not None and "k" in cache  # keys and values of earlier tokens kept
         if self.config.position == "rope":  # position enters here: rotate queries and keys
-            if positions is None:
-                start = cache["k"].size(2) if cached else 0  # tokens already in the KV cache
-                positions = torch.arange(start, start + T, device=x.device)
             q, k = apply_rope(q, positions), apply_rope(k, positions)
         if cache is not None:  # generation: this layer's keys and values of the earlier tokens
             if cached:
@@ -270,9 +270,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, key_mask=None, cache=None, memory=None, memory_mask=None,
-                positions=None, mask=None):
-        x = x + self.attn(self.ln_1(x), key_mask, cache, positions, mask)  # tokens read each other
+    def forward(self, x, positions, key_mask=None, cache=None, memory=None, memory_mask=None,
+                mask=None):
+        x = x + self.attn(self.ln_1(x), positions, key_mask, cache, mask)  # tokens read each other
         if self.cross is not None:  # ...read the encoder's text (memory: its output)...
             x = x + self.cross(self.ln_cross(x), memory, memory_mask, cache)
         x = x + self.mlp(self.ln_2(x))  # each token is processed on its own
@@ -332,11 +332,11 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.h):
             if self.config.grad_checkpointing and self.training and torch.is_grad_enabled():
                 # Activation checkpointing: keep only the block's input; backward runs it again.
-                x = checkpoint(block, x, key_mask, None, memory, memory_mask, positions, mask,
+                x = checkpoint(block, x, positions, key_mask, None, memory, memory_mask, mask,
                                use_reentrant=False)
             else:
-                x = block(x, key_mask, None if cache is None else cache[i], memory, memory_mask,
-                          positions, mask)
+                x = block(x, positions, key_mask, None if cache is None else cache[i], memory,
+                          memory_mask, mask)
         return self.ln_f(x)
 
 

@@ -24,6 +24,10 @@ can spell there, of one token or of several (`fill_mask`: a word of n tokens nee
 ELECTRA: its generator fills [MASK]s; a prompt without one is judged by the discriminator, each
 token with the probability that it was replaced (`print_replaced`).
 
+XLNet (xlnet.py) does both: with [MASK]s in the prompt it fills them as a BERT does, the blanks
+put last in its factorisation order so that each is predicted from every known token; without, it
+continues the text, the identity order with the next position asked last (no KV cache here).
+
 Filling spans (T5): each [MASK] is a blank of any length. The encoder reads the prompt once, each
 blank as a sentinel; the decoder writes "<s0> span 0 <s1> span 1 ...", with the sampling above and
 a KV cache of its own, and the encoder's keys and values for its cross-attention computed once per
@@ -40,6 +44,7 @@ Run:
     python sample.py --ckpt out-bert/ckpt.pt --prompt "The capital of France is [MASK] ."
     python sample.py --ckpt out-electra/ckpt.pt --prompt "The capital of France is tennis ."
     python sample.py --ckpt out-t5/ckpt.pt --prompt "The film was released in the [MASK] in March ."
+    python sample.py --ckpt out-xlnet/ckpt.pt --prompt "The capital of France is [MASK] ."
     python sample.py --eval test                                    perplexity on the test split
     python sample.py --ckpt out/ckpt.dcp --prompt "The"             a sharded run's (--fsdp)
     python sample.py --init_from gpt2 --prompt "Hello"              OpenAI's GPT-2 (124M)

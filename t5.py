@@ -43,7 +43,7 @@ rest), ended by the right sentinel. Greedy here is what sample.py writes at --te
 Try it:    python -m pytest tests/test_t5.py
            python train.py --model t5 --out_dir out-t5
            python sample.py --ckpt out-t5/ckpt.pt --prompt "He was born in [MASK] in 1950 ."
-Read next: clean.py, the first step from raw text to token blocks (then bpe.py and data.py).
+Read next: xlnet.py, XLNet's permuted LM, the last of the objectives (then clean.py).
 """
 
 import itertools

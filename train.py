@@ -11,10 +11,10 @@ One optimizer step, as `loop` runs it:
   4. the update, by AdamW (adamw.py) or Muon (muon.py), skipped by the scaler if fp16 overflowed;
   5. monitoring: loss, learning rate, gradient norm, tokens/s, MFU, skipped steps; a NaN stops
      the run; evaluation on the validation split; a checkpoint that makes resuming exact.
-The objective (clm.CLM for GPT, mlm.MLM for BERT, electra.RTD for ELECTRA) makes the batches and
-the loss; the loop is the same for all. The loss is the objective's lesson, the logits and then
-clm_loss or mlm_loss; --fused_head computes the same number in the model's head, with less memory
-(model.HeadLoss).
+The objective (clm.CLM for GPT, mlm.MLM for BERT, electra.RTD for ELECTRA, t5.SpanCorruption for
+T5, xlnet.PLM for XLNet) makes the batches and the loss; the loop is the same for all. The loss
+is the objective's lesson, the logits and then clm_loss or mlm_loss; --fused_head computes the
+same number in the model's head, with less memory (model.HeadLoss).
 
 Before the loop, `train` sets a run up in this order: the data, the model, the processes it runs in
 (one, or torchrun's), the optimizer, and a resumed run's state. The settings are the fields of
@@ -25,6 +25,8 @@ Run:
     python train.py                         GPT on WikiText-2 (fetched on first use), into out/
     python train.py --model bert            BERT with the masked-LM objective
     python train.py --model electra         ELECTRA: replaced-token detection (electra.py)
+    python train.py --model t5              T5: span corruption, an encoder-decoder (t5.py)
+    python train.py --model xlnet           XLNet: permuted LM, two streams (xlnet.py)
     python train.py --init_from resume      continue out/ckpt.pt exactly where it stopped
     python train.py --init_from gpt2        continue pretraining OpenAI's GPT-2 (124M)
     python train.py --help                  every setting, with its default
@@ -79,7 +81,7 @@ class Run:
     model: torch.nn.Module  # what is trained: the model, maybe inside DDP and torch.compile
     optimizer: AdamW | Muon
     scaler: torch.amp.GradScaler  # fp16's loss scale (disabled for other dtypes)
-    objective: object  # clm.CLM, mlm.MLM or electra.RTD: batches, loss, evaluation
+    objective: object  # clm.CLM, mlm.MLM, electra.RTD, ...: batches, loss, evaluation
     generator: torch.Generator  # this process's training batches (and BERT's masks)
     step: int = 0  # optimizer steps done
     tokens: int = 0  # tokens trained on

@@ -41,13 +41,13 @@ def task(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """A GPT, a BERT and a T5, each trained for two steps on a small text (300 ids)."""
+    """A GPT, a BERT, a T5 and an XLNet, each trained for two steps on a small text (300 ids)."""
     folder = tmp_path_factory.mktemp("pretrained")
     (folder / "text.txt").write_text(" ".join(f"The {w} stood by the {v} ." for w in WORDS
                                               for v in WORDS), encoding="utf-8")
     data.prepare(folder / "prepared", text=str(folder / "text.txt"), clean_text=False,
                  vocab_size=300)
-    for kind in ("gpt", "bert", "t5"):
+    for kind in ("gpt", "bert", "t5", "xlnet"):
         train.main(["--model", kind, "--data_dir", str(folder / "prepared"), "--out_dir",
                     str(folder / kind), "--n_layer", "1", "--n_head", "2", "--n_embd", "32",
                     "--block_size", "64", "--batch_size", "2", "--max_steps", "2",
@@ -84,7 +84,7 @@ def test_the_task_holds_each_sentence_once_as_written_or_with_two_neighbours_swa
     assert 0.35 < share < 0.65  # a coin flip per sentence
 
 
-@pytest.mark.parametrize("kind", ["bert", "t5"])  # (T5: its encoder)
+@pytest.mark.parametrize("kind", ["bert", "t5", "xlnet"])  # (T5: its encoder)
 def test_padding_changes_no_score(checkpoints, kind):
     checkpoint = torch.load(checkpoints / kind / "ckpt.pt", weights_only=True)
     model = finetune.Classifier(finetune.encoder(checkpoint, scratch=False)).eval()

@@ -16,7 +16,8 @@ CONCEPTS = ["causal vs masked LM", "15% chosen, 80/10/10", "next-token shift and
             "mixed precision and loss scaling", "gradient accumulation", "checkpointing",
             "monitoring", "data-parallel training", "activation (gradient) checkpointing",
             "perplexity", "sampling", "cleaning and filtering", "deduplication",
-            "Hugging Face model format", "fully sharded data parallel"]
+            "Hugging Face model format", "fully sharded data parallel", "permuted LM",
+            "two-stream attention"]
 FILE_ROW = re.compile(r"^\| (\d+) \| `([\w/.]+)` \| .+ \| ?([\w, ]*?) ?\|$", re.M)
 
 

@@ -105,16 +105,20 @@ NEEDS_NO_DATA = [  # (flags, what the message must say)
     (["--mask_prob", "2"], "--mask_prob 2.0: must be between 0 and 1"),
     (["--mask_prob", "0.4"], "a GPT hides nothing: add --model bert, or leave --mask_prob out"),
     (["--mask_unit", "words"], "--mask_unit sets what a BERT hides; a GPT hides nothing: add"),
-    (["--disc_weight", "10"], "--disc_weight sets a part of ELECTRA, which a GPT does not have"),
-    (["--model", "bert", "--generator_n_embd", "32"], "which a BERT does not have: add --model "
-     "electra, or leave --generator_n_embd out"),
+    (["--disc_weight", "10"], "--disc_weight sets a part of ELECTRA, which --model gpt does not "
+     "have"),
+    (["--model", "bert", "--generator_n_embd", "32"], "which --model bert does not have: add "
+     "--model electra, or leave --generator_n_embd out"),
     (["--model", "electra", "--fused_head"], "--fused_head never holds the logits, and ELECTRA"),
     (["--model", "electra", "--disc_weight", "0"], "--disc_weight 0.0: must be positive"),
     (["--model", "electra", "--generator_n_embd", "33"], "--generator_n_embd 33: must be even"),
-    (["--mean_span", "5"], "--mean_span sets the spans T5 hides; a GPT hides no spans: add "
-     "--model t5"),
+    (["--mean_span", "5"], "--mean_span sets the spans T5 hides; --model gpt hides no spans: "
+     "add --model t5"),
     (["--model", "t5", "--mean_span", "0.5"], "--mean_span 0.5: must be at least 1"),
     (["--model", "t5", "--mask_unit", "words"], "--mask_unit: T5 hides spans of tokens"),
+    (["--model", "xlnet", "--mask_unit", "words"], "--mask_unit: XLNet predicts the last tokens "
+     "of a random order"),
+    (["--model", "xlnet", "--mean_span", "2"], "--model xlnet hides no spans: add --model t5"),
     (["--model", "bert", "--fsdp"], "--fsdp leaves each process a slice of every matrix, and Muon"),
     (["--eval_iters", "-1"], "--eval_iters -1: must not be negative"),
     (["--batch_size", "0"], "--batch_size 0: must be at least 1"),

@@ -2,8 +2,10 @@
 paper's Figure 2 written out by hand, a token's own prediction blind to it, and the causal LM that
 the identity order makes of it."""
 
+import importlib.util
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ import train
 import xlnet
 from model import GPT, IGNORE
 
+REPO = Path(__file__).resolve().parent.parent
 V = 128  # a small vocabulary: ordinary ids 0..99, <|endoftext|> 100, [MASK] 101, spare ids after
 
 
@@ -133,6 +136,22 @@ def test_blanks_last_puts_the_known_tokens_first_and_no_blank_sees_another():
     other[0, 3] = 42  # whatever stands in the other blank
     torch.testing.assert_close(m(other, ranks, positions=blanks & (torch.arange(5) == 1)), first,
                                atol=0, rtol=0)
+
+
+def test_the_chapters_pictures_are_what_the_code_draws():
+    """docs/objectives.md shows tools/masks.py's output; and its PLM picture is the paper's rule,
+    checked here for each cell from the order it names."""
+    spec = importlib.util.spec_from_file_location("masks", REPO / "tools" / "masks.py")
+    masks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(masks)
+    lines = masks.pictures()
+    assert "\n".join(lines) in (REPO / "docs" / "objectives.md").read_text()
+    rank = {position: r for r, position in enumerate(masks.ORDER)}
+    start = lines.index("Content stream: each position sees itself and what comes before it in "
+                        "the order.") + 3  # the first row, after a blank line and the header
+    for i, line in enumerate(lines[start:start + len(masks.WORDS)]):
+        cells = line.split()[1:]
+        assert cells == ["x" if rank[j] <= rank[i] else "." for j in range(len(masks.WORDS))]
 
 
 # Trained -----------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ A BERT fills the [MASK] from both sides with a word of one token or several, as 
 (`sample.fill_mask`). A GPT cannot see past the [MASK]: it is asked for the token after the text
 before it, a harder question for some sentences, and a word its tokenizer splits is a miss. A T5
 writes what goes in the blank, greedily (`sample.fill_spans` at temperature 0): one answer, of
-as many tokens as it likes, so it has a top 1 and no ranks.
+as many tokens as it likes, so it has a top 1 and no ranks. An XLNet is asked as a BERT is
+(its blanks last in its factorisation order: xlnet.py).
 
 Columns: "top 1", how many of all 60 have the hidden word as the model's answer (its most likely
 word); "top 5", how many of the 40 have the hidden word among the model's 5 most likely words;
@@ -130,7 +131,7 @@ def probe(path):
             ranks.append(1 if write_span(model, sentence, enc) == " " + word else math.inf)
             two.append(write_span(model, both, enc) == f" {previous} {word}")
         else:
-            if kind == "bert":  # words, most likely first, as sample.py ranks them
+            if kind in ("bert", "xlnet"):  # words, most likely first, as sample.py ranks them
                 ids = sample.encode_prompt(sentence, enc)
                 ranked = [w for w, _ in sample.fill_mask(model, ids, enc, top_k=50)[0]]
                 ids = sample.encode_prompt(both.replace("[MASK]", "[MASK] [MASK]"), enc)
