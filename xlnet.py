@@ -159,8 +159,8 @@ class PLM:
     # What an XLNet run starts from unless a flag says otherwise: BERT's defaults (docs/bert.md
     # tells why: rotary positions, the embedding LayerNorm, 128 wide, the 8,192-id tokenizer, Muon
     # and its learning rate), the paper's K = 6, and as many steps as fit in the default GPT's
-    # time with a tenth to spare: a step cost 0.21 s where the GPT's cost 0.95 s, on the Zen 4
-    # CPU in bfloat16 (docs/log.md, "XLNet: the defaults").
+    # time with a tenth to spare: 3,300 steps took 11.5 minutes where the GPT took 10.3, 2,600
+    # took 8.8, on the Zen 4 CPU in bfloat16 (docs/log.md, "XLNet: the defaults").
     defaults = {"position": "rope", "embedding_layernorm": True, "n_embd": 128, "lr": 3e-3,
                 "min_lr": 3e-4, "warmup_steps": 100, "optimizer": "muon", "max_steps": 2600,
                 "eval_interval": 1300, "data_dir": "data/wikitext-2-bpe8k",

@@ -111,6 +111,7 @@ TRAIN_RUNS = [("ddp-halves", ["--max_steps", "4", "--stop_at", "2"]),
               ("ddp-bert", ["--model", "bert", "--max_steps", "4", "--optimizer", "adamw"]),
               ("ddp-electra", ["--model", "electra", "--max_steps", "4", "--optimizer", "adamw"]),
               ("ddp-t5", ["--model", "t5", "--max_steps", "4", "--optimizer", "adamw"]),
+              ("ddp-xlnet", ["--model", "xlnet", "--max_steps", "4", "--optimizer", "adamw"]),
               ("ddp-then-one", ["--max_steps", "4", "--stop_at", "2"]),  # resumed in one process
               ("fsdp-straight", ["--max_steps", "4", "--fsdp"]),
               ("fsdp-halves", ["--max_steps", "4", "--stop_at", "2", "--fsdp"]),
@@ -118,7 +119,8 @@ TRAIN_RUNS = [("ddp-halves", ["--max_steps", "4", "--stop_at", "2"]),
 
 
 CASES = {"gpt": CONFIG, "bert": {**CONFIG, "grad_checkpointing": True},  # (it composes with FSDP)
-         "t5": {**CONFIG, "vocab_size": 576}}  # (room for its sentinels after [MASK])
+         "t5": {**CONFIG, "vocab_size": 576},  # (room for its sentinels after [MASK])
+         "xlnet": CONFIG}
 
 
 def sharded_steps(kind, config):
@@ -282,15 +284,15 @@ def test_torchrun_writes_from_rank_0_only_and_resumes_exactly(corpus, spawned, t
         assert torch.equal(v, checkpoints[1]["model"][k]), k
 
 
-@pytest.mark.parametrize("kind", ["gpt", "bert", "electra", "t5"])
+@pytest.mark.parametrize("kind", ["gpt", "bert", "electra", "t5", "xlnet"])
 def test_train_py_in_two_processes_equals_one_process_with_twice_the_accumulation(corpus, spawned,
                                                                                   tmp_path, kind):
     """One generator draws each step's whole batch, BERT's masks (ELECTRA's noise for its draws,
-    T5's spans, padded to the step's longest row) included, and each process takes its share:
-    the losses of train.py in two processes are those of one process with --grad_accum_steps 2,
-    through the command line itself."""
+    T5's spans, padded to the step's longest row; XLNet's orders) included, and each process
+    takes its share: the losses of train.py in two processes are those of one process with
+    --grad_accum_steps 2, through the command line itself."""
     two = spawned / {"gpt": "ddp-halves", "bert": "ddp-bert", "electra": "ddp-electra",
-                     "t5": "ddp-t5"}[kind]
+                     "t5": "ddp-t5", "xlnet": "ddp-xlnet"}[kind]
     # (AdamW for BERT too: Muon's Newton-Schulz steps multiply the float noise of the sums by
     # hundreds, and what is tested here is the data, not the optimizer)
     flags = ["--model", kind, "--max_steps", "4", "--grad_accum_steps", "2", "--optimizer",

@@ -6,13 +6,12 @@ import re
 
 import pytest
 import torch
+from conftest import learn_by_heart, train_small
 
-import data
 import model
 import runtime
 import sample
 import t5
-import train
 
 EOT = 100  # a small vocabulary: ordinary ids 0..99, <|endoftext|> 100, [MASK] 101, sentinels after
 
@@ -200,17 +199,9 @@ def test_one_embedding_for_the_encoder_the_decoder_and_the_output():
 def trained():
     """A T5 that learned to fill the spans of one short text it sees over and over."""
     torch.manual_seed(0)
-    m = t5.T5(config())
     objective = t5.SpanCorruption(eot_id=EOT, block_size=64)
     text = (torch.arange(24) * 7 % EOT)[None].repeat(8, 1)  # (8, 24)
-    optimizer = torch.optim.AdamW(m.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(300):
-        loss = objective.loss(m, *objective.train_batch(text, generator))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return m.eval(), objective, text
+    return learn_by_heart(t5.T5(config()), objective, text), objective, text
 
 
 def test_cached_span_filling_equals_uncached_and_reads_the_encoder_once(trained):
@@ -301,16 +292,8 @@ def test_a_trained_t5_writes_the_hidden_span(trained):
 @pytest.fixture(scope="module")
 def t5_checkpoint(tmp_path_factory):
     """A T5 trained by train.py for a few steps on a small text (a tokenizer of 300 ids)."""
-    folder = tmp_path_factory.mktemp("t5")
-    (folder / "text.txt").write_text("The king stood by the river and the queen sat by the sea . "
-                                     * 200, encoding="utf-8")
-    data.prepare(folder / "prepared", text=str(folder / "text.txt"), clean_text=False,
-                 vocab_size=300)
-    train.main(["--model", "t5", "--data_dir", str(folder / "prepared"), "--out_dir",
-                str(folder / "out"), "--n_layer", "1", "--n_head", "2", "--n_embd", "32",
-                "--block_size", "64", "--batch_size", "4", "--max_steps", "40", "--device", "cpu",
-                "--dtype", "float32", "--eval_iters", "1"])
-    return str(folder / "out" / "ckpt.pt")
+    return train_small(tmp_path_factory.mktemp("t5"), "t5", "--n_layer", "1", "--block_size",
+                       "64", "--batch_size", "4", "--max_steps", "40")
 
 
 def test_sample_fills_each_blank_and_refuses_a_prompt_without_one_or_with_too_many(

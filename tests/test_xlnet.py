@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import KING_TEXT, learn_by_heart, train_small
 
-import data
 import model
 import sample
-import train
 import xlnet
 from model import GPT, IGNORE
 
@@ -160,17 +159,8 @@ def test_the_chapters_pictures_are_what_the_code_draws():
 def trained():
     """An XLNet that learned one short text it sees over and over, in random orders."""
     torch.manual_seed(0)
-    m = xlnet.XLNet(config())
-    objective = xlnet.PLM()
     line = (torch.arange(24) * 7 % 100)[None].repeat(8, 1)  # (8, 24)
-    optimizer = torch.optim.AdamW(m.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(300):
-        loss = objective.loss(m, *objective.train_batch(line, generator))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return m.eval(), line[0]
+    return learn_by_heart(xlnet.XLNet(config()), xlnet.PLM(), line), line[0]
 
 
 def test_a_trained_xlnet_fills_blanks_and_continues_the_text(trained):
@@ -189,22 +179,14 @@ def test_a_trained_xlnet_fills_blanks_and_continues_the_text(trained):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """An XLNet trained by train.py for a few steps on a small text (a tokenizer of 300 ids)."""
-    folder = tmp_path_factory.mktemp("xlnet")
-    (folder / "text.txt").write_text("The king stood by the river and the queen sat by the sea . "
-                                     * 200, encoding="utf-8")
-    data.prepare(folder / "prepared", text=str(folder / "text.txt"), clean_text=False,
-                 vocab_size=300)
-    train.main(["--model", "xlnet", "--data_dir", str(folder / "prepared"), "--out_dir",
-                str(folder / "out"), "--n_layer", "2", "--n_head", "2", "--n_embd", "32",
-                "--block_size", "32", "--batch_size", "8", "--max_steps", "400", "--device", "cpu",
-                "--dtype", "float32", "--eval_iters", "1", "--mask_prob", "0.3", "--optimizer",
-                "adamw"])
-    return str(folder / "out" / "ckpt.pt")
+    return train_small(tmp_path_factory.mktemp("xlnet"), "xlnet", "--n_layer", "2",
+                       "--block_size", "32", "--batch_size", "8", "--max_steps", "400",
+                       "--mask_prob", "0.3", "--optimizer", "adamw")
 
 
 def test_sample_fills_a_mask_or_continues_a_text(checkpoint, capsys):
     capsys.readouterr()
-    line = "The king stood by the river and the queen sat by the sea ."
+    line = KING_TEXT.strip()
     sample.main(["--ckpt", checkpoint, "--prompt", line.replace(" river", " [MASK]")])
     shown = capsys.readouterr().out.splitlines()
     assert shown[0].startswith("[MASK] 1: ' river' "), shown  # its first word
