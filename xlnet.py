@@ -24,11 +24,12 @@ both, so every position has two, through the same blocks and the same weights:
 Both are rows of one attention: `two_stream_mask` says, from the order's ranks, which row may see
 which (docs/objectives.md draws it). One difference from XLNet's code: a query row also sees itself
 (its own query row, which holds w and where it stands, no token), so no row has nothing to attend
-to, and with the left-to-right order the query stream is exactly a GPT that reads [MASK] where it
-predicts (tests/test_xlnet.py).
+to, and with the left-to-right order the query stream is exactly a GPT that reads, where it
+predicts, a token whose embedding is w (tests/test_xlnet.py).
 
-Partial prediction (section 2.3). A token first in the order is predicted from nothing, and its
-gradient teaches little. So only the last 1/K of each order is predicted, K = 6 as in the paper:
+Partial prediction (section 2.3). Predicting every token of every order made XLNet's training
+slow to converge: a token early in the order has next to nothing to be predicted from. So only
+the last 1/K of each order is predicted, K = 6 as in the paper:
 every token before them is context only (the content stream), and the query stream runs at the
 predicted positions alone, about a sixth more rows than the text. (`--mask_prob` is that 1/K.)
 
