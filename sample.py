@@ -218,16 +218,16 @@ def fill_spans(model, ids, eot_id, sampling=Sampling(), generator=None, max_toke
     blank, whether it ended them all). The decoder starts from <|endoftext|> and <s0>, given; then
     it may write ordinary tokens, or the sentinel that ends the span it is writing (nothing else:
     the other ids are not text, and the blanks come in order). It stops after the last blank's
-    sentinel, or after max_tokens (at most block_size) in all: that span is then cut short, and
-    the blanks after it stay empty."""
-    device, limit = next(model.parameters()).device, model.config.block_size
-    limit = min(limit, max_tokens or limit)
+    sentinel, or after max_tokens new tokens, or once it has read block_size: that span is then
+    cut short, and the blanks after it stay empty."""
+    device, block_size = next(model.parameters()).device, model.config.block_size
+    max_tokens = max_tokens or block_size
     blanks = sum(t >= sentinel(0, eot_id) for t in ids)
     memory = model.encode(torch.tensor([ids], device=device))  # (1, S, C): read once
     cache = [{} for _ in model.decoder.h] if use_cache else None
     sampling = replace(sampling, text_ids=model.config.vocab_size)  # the ids are chosen here
     written, fed, spans = [eot_id, sentinel(0, eot_id)], 0, [[]]  # the start and <s0>, given
-    while len(spans) <= blanks and len(written) <= limit:
+    while len(spans) <= blanks and len(written) - 2 < max_tokens and len(written) <= block_size:
         x = torch.tensor([written[fed:]], device=device)  # with a cache, only what it lacks
         logits = model.decode(x, memory, cache=cache)[0, -1].float()  # (V,): the next token's
         fed = len(written) if use_cache else 0
@@ -385,9 +385,9 @@ def print_spans(model, ids, sampling, args, enc, device):
             text += (" [" + words[1:] if words.startswith(" ") else "[" + words) + "]" + piece
         print(f"--- sample {n + 1} ---\n{text}")
         if not finished:
-            limit = min(model.config.block_size, args.max_new_tokens)
-            print(f"note: the decoder stopped at its limit of {limit} tokens (--max_new_tokens, "
-                  f"block_size) before it ended every blank", file=sys.stderr)
+            print(f"note: the decoder stopped before it ended every blank: at --max_new_tokens "
+                  f"{args.max_new_tokens}, or at its block_size {model.config.block_size}",
+                  file=sys.stderr)
 
 
 def print_replaced(model, ids, enc, device):

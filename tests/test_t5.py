@@ -287,6 +287,10 @@ def test_a_trained_t5_writes_the_hidden_span(trained):
     (span,), finished = sample.fill_spans(m, ids, EOT, sample.Sampling(temperature=0))
     assert span == hidden
     assert finished  # it wrote the sentinel that ends the blank
+    # max_tokens counts what it writes: the four tokens and the closing sentinel are five
+    for n, written, ended in ((5, hidden, True), (4, hidden, False), (2, hidden[:2], False)):
+        assert sample.fill_spans(m, ids, EOT, sample.Sampling(temperature=0), max_tokens=n) == \
+            ([written], ended)
 
 
 @pytest.fixture(scope="module")
