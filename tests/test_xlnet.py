@@ -78,13 +78,15 @@ def test_orders_are_uniform_and_the_last_sixth_is_predicted():
 # The two streams ---------------------------------------------------------------------------------
 
 def test_a_query_never_sees_its_own_token_but_later_ones_in_the_order_do():
+    """Change the token at a predicted position: its own prediction stays the same to the last
+    bit; the prediction of a position after it in the order changes."""
     torch.manual_seed(0)
     m = xlnet.XLNet(config()).eval()
     idx = text(1, 12)
     ranks = xlnet.random_ranks(1, 12, torch.Generator().manual_seed(3))
     asked = ranks >= 6  # the last half of the order
-    a = int((ranks * asked).argmax())  # the last position in the order...
-    b = int(torch.where(asked, ranks, 99).argmin())  # ...and the first of those asked
+    a = int((ranks[0] == 11).nonzero())  # the position last in the order...
+    b = int((ranks[0] == 6).nonzero())  # ...and the first of those asked
     rows = asked[0].nonzero().flatten().tolist()  # the logits' rows, in position order
     changed = idx.clone()
     changed[0, a] = (idx[0, a] + 1) % 100
@@ -130,11 +132,14 @@ def test_blanks_last_puts_the_known_tokens_first_and_no_blank_sees_another():
     torch.manual_seed(0)
     m = xlnet.XLNet(config()).eval()
     idx = torch.tensor([[5, 101, 7, 101, 9]])
-    first = m(idx, ranks, positions=torch.tensor([[False, True, False, False, False]]))
+    second = torch.tensor([[False, False, False, True, False]])  # ask the second blank
     other = idx.clone()
-    other[0, 3] = 42  # whatever stands in the other blank
-    torch.testing.assert_close(m(other, ranks, positions=blanks & (torch.arange(5) == 1)), first,
+    other[0, 1] = 42  # whatever stands in the first: the second, after it, does not see it
+    torch.testing.assert_close(m(other, ranks, positions=second), m(idx, ranks, positions=second),
                                atol=0, rtol=0)
+    left_to_right = torch.arange(5)[None]  # (the blanks in an order: the second sees the first)
+    assert not torch.allclose(m(other, left_to_right, positions=second),
+                              m(idx, left_to_right, positions=second), atol=1e-4)
 
 
 def test_the_chapters_pictures_are_what_the_code_draws():
