@@ -159,12 +159,7 @@ def open_data(mcfg, cfg, checkpoint, given):
     """(the train and val splits as memory maps, the objective, the model config): the data
     prepared by one process while the others wait, and what its tokenizer asks of the model (its
     vocabulary) and of the objective (where <|endoftext|> is, where words begin)."""
-    rank, world = runtime.rank_and_world()
-    if rank == 0:
-        data.prepare(cfg.data_dir, cfg.text or None, clean_text=False if cfg.no_clean else None,
-                     vocab_size=prepared.tokenizer_size(cfg, given))
-    if world > 1:
-        dist.barrier()
+    prepare_data(cfg, given)
     splits = {split: data.open_split(cfg.data_dir, split) for split in ("train", "val")}
     edges = None  # where words begin, for a BERT that hides whole words
     if cfg.mask_unit == "words":
@@ -175,6 +170,27 @@ def open_data(mcfg, cfg, checkpoint, given):
                               mean_span=cfg.mean_span, block_size=mcfg.block_size)
     mcfg = fit_vocabulary(mcfg, cfg, checkpoint, given, objective.sentinels)
     return splits, objective, mcfg
+
+
+def prepare_data(cfg, given):
+    """data.prepare in the first process while the others wait. What it refuses (a text that
+    cleaning empties, a full disk, ...) reaches every process, and each says it in one line, where
+    the others would otherwise see only their connection to the first one break."""
+    rank, world = runtime.rank_and_world()
+    refusal = None
+    if rank == 0:
+        try:
+            data.prepare(cfg.data_dir, cfg.text or None,
+                         clean_text=False if cfg.no_clean else None,
+                         vocab_size=prepared.tokenizer_size(cfg, given))
+        except (runtime.UserError, OSError) as e:
+            refusal = e
+    if world > 1:
+        shared = [refusal]
+        dist.broadcast_object_list(shared, src=0)  # the first process's refusal, or None
+        refusal = shared[0]
+    if refusal is not None:
+        raise refusal
 
 
 def new_model(objective, mcfg, cfg, checkpoint):

@@ -100,7 +100,11 @@ def worker(rank, ports, out, corpus):
     store = dist.TCPStore("127.0.0.1", ports[1], 2, is_master=rank == 0)  # outlives each group
     for i, (port, (name, flags)) in enumerate(zip(ports[2:], TRAIN_RUNS)):
         os.environ["MASTER_PORT"] = str(port)
-        train.main(["--data_dir", corpus, "--out_dir", f"{out}/{name}", *FLAGS, *flags])
+        flags = [flag.format(out=out) for flag in flags]
+        try:
+            train.main(["--data_dir", corpus, "--out_dir", f"{out}/{name}", *FLAGS, *flags])
+        except runtime.UserError as e:  # the line run_program would print, in each process
+            Path(f"{out}/refused{rank}.txt").write_text(str(e), encoding="utf-8")
         store.set(f"{i}/{rank}", "done")  # the next run starts when both have ended this one,
         store.wait([f"{i}/0", f"{i}/1"])  # as the next launch of two new processes would
 
@@ -115,7 +119,9 @@ TRAIN_RUNS = [("ddp-halves", ["--max_steps", "4", "--stop_at", "2"]),
               ("ddp-then-one", ["--max_steps", "4", "--stop_at", "2"]),  # resumed in one process
               ("fsdp-straight", ["--max_steps", "4", "--fsdp"]),
               ("fsdp-halves", ["--max_steps", "4", "--stop_at", "2", "--fsdp"]),
-              ("fsdp-halves", ["--init_from", "resume", "--fsdp"])]
+              ("fsdp-halves", ["--init_from", "resume", "--fsdp"]),
+              # a text that cleaning empties ("Hi."), prepared by the first process only
+              ("refused", ["--text", "{out}/tiny.txt", "--data_dir", "{out}/tiny"])]
 
 
 CASES = {"gpt": CONFIG, "bert": {**CONFIG, "grad_checkpointing": True},  # (it composes with FSDP)
@@ -157,6 +163,7 @@ def spawned(tmp_path_factory, corpus):
     """The folder where two processes, started once for this module, left what they computed
     (rank0.pt, rank1.pt) and train.py's runs (TRAIN_RUNS)."""
     out = tmp_path_factory.mktemp("two")
+    (out / "tiny.txt").write_text("Hi.", encoding="utf-8")
     ports = [free_port() for _ in range(2 + len(TRAIN_RUNS))]  # a fresh one for each group
     mp.spawn(worker, args=(ports, str(out), corpus), nprocs=2)
     return out
@@ -302,6 +309,14 @@ def test_train_py_in_two_processes_equals_one_process_with_twice_the_accumulatio
     # equal but for the order of float sums (the all-reduce's)
     assert [r["loss"] for r in one] == pytest.approx([r["loss"] for r in log(two)], rel=2e-6)
     assert one[-1]["val_loss"] == pytest.approx(log(two)[-1]["val_loss"], rel=2e-6)
+
+
+def test_data_refused_by_the_first_process_is_one_line_in_each(spawned):
+    """data.py's refusal of a text in the first process reaches the other, which was waiting for
+    the data, as the same one-line error, not as a broken connection."""
+    lines = [(spawned / f"refused{rank}.txt").read_text(encoding="utf-8") for rank in (0, 1)]
+    assert lines[0] == lines[1]
+    assert lines[0].startswith("cleaning kept none of the 1 documents") and "\n" not in lines[0]
 
 
 def test_a_two_process_checkpoint_resumes_in_one_process_where_the_two_would_have_gone(spawned):
