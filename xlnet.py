@@ -15,7 +15,7 @@ reordered: each token keeps its position, and the order lives only in the attent
 
 Two streams. To predict the token at position a, the model must know where a is but not what is
 there; yet a's token must be visible to the positions after a in the order. One stream cannot do
-both, so every position has two, through the same blocks and the same weights:
+both, so a predicted position has two, through the same blocks and the same weights:
   * the content stream h (rows 0..T-1): the token's embedding, which sees itself and the positions
     before it in the order, as any Transformer's stream does;
   * the query stream g (P more rows, one per predicted position): starts from a learned vector w
@@ -29,9 +29,9 @@ predicts, a token whose embedding is w (tests/test_xlnet.py).
 
 Partial prediction (section 2.3). Predicting every token of every order made XLNet's training
 slow to converge: a token early in the order has next to nothing to be predicted from. So only
-the last 1/K of each order is predicted, K = 6 as in the paper:
-every token before them is context only (the content stream), and the query stream runs at the
-predicted positions alone, about a sixth more rows than the text. (`--mask_prob` is that 1/K.)
+the last 1/K of each order is predicted, K = 6 as in the paper: every token before them is
+context only (the content stream), and the query stream runs at the predicted positions alone,
+about a sixth more rows than the text. (`--mask_prob` is that 1/K.)
 
 Positions by RoPE (model.apply_rope), the project's relative positions, where XLNet used
 Transformer-XL's relative encoding. Left out: Transformer-XL's segment recurrence, which keeps the
