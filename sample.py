@@ -401,8 +401,9 @@ def print_replaced(model, ids, enc, device):
 
 
 def parse_args(argv):
-    parser = runtime.Parser(prog="sample.py", description="Sample from a GPT, fill masks with a "
-                                                          "BERT, fill blanks with a T5, or measure "
+    parser = runtime.Parser(prog="sample.py", description="Sample from a GPT or an XLNet, fill "
+                                                          "masks with a BERT or an XLNet, fill "
+                                                          "blanks with a T5, or measure "
                                                           "perplexity.")
     add = parser.add_argument
     add("--ckpt", default=None, help="checkpoint written by train.py (default: out/ckpt.pt, or "
@@ -410,8 +411,8 @@ def parse_args(argv):
     add("--init_from", choices=("ckpt", "gpt2"), default="ckpt",
         help="gpt2: OpenAI's weights instead of --ckpt")
     add("--gpt2_path", default=GPT2_PATH, help="GPT-2's pytorch_model.bin")
-    add("--prompt", default="<|endoftext|>", help="text to continue (GPT), or with [MASK]s: words "
-        "(BERT) or blanks of any length (T5)")
+    add("--prompt", default="<|endoftext|>", help="text to continue (GPT, XLNet), or with "
+        "[MASK]s: words (BERT, XLNet) or blanks of any length (T5)")
     add("--max_new_tokens", type=int, default=200)
     add("--temperature", type=float, default=0.8, help="0 = always the most likely token")
     add("--top_k", type=int, default=None, help="sample among the k most likely tokens only")
