@@ -41,29 +41,37 @@ class AdamW:
     def step(self):
         for group in self.param_groups:
             lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:  # the _foreach_ ops below refuse empty lists
-                continue
-            for p in params:
-                if p not in self.state:
-                    self.state[p] = {"step": 0, "exp_avg": torch.zeros_like(p),
-                                     "exp_avg_sq": torch.zeros_like(p)}
-                self.state[p]["step"] += 1
-            grads = [p.grad for p in params]
-            m = [self.state[p]["exp_avg"] for p in params]
-            v = [self.state[p]["exp_avg_sq"] for p in params]
-            t = [self.state[p]["step"] for p in params]
-            # The docstring's lines for all of the group's parameters at once: torch._foreach_op
-            # applies op to each tensor of its lists, as torch.optim does. A loop over parameters
-            # would launch a small GPU kernel per parameter and operation (docs/performance.md).
-            torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
-            torch._foreach_lerp_(m, grads, 1 - beta1)  # m + (1 - beta1) * (g - m)
-            torch._foreach_mul_(v, beta2)
-            torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
-            denom = torch._foreach_sqrt(v)  # sqrt(v_hat) + eps = sqrt(v) / sqrt(1 - beta2^t) + eps
-            torch._foreach_div_(denom, [math.sqrt(1 - beta2 ** k) for k in t])
-            torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(params, m, denom, [-lr / (1 - beta1 ** k) for k in t])
+            # The _foreach_ ops below take tensors of one kind: plain ones, or DTensors of one
+            # mesh (a model split across processes: shard.py, parallel.py).
+            kinds = {}
+            for p in group["params"]:
+                if p.grad is not None:
+                    kinds.setdefault(getattr(p, "device_mesh", None), []).append(p)
+            for params in kinds.values():
+                self.update(params, lr, beta1, beta2, eps, group["weight_decay"])
+
+    def update(self, params, lr, beta1, beta2, eps, weight_decay):
+        """The docstring's lines for parameters of one kind (step)."""
+        for p in params:
+            if p not in self.state:
+                self.state[p] = {"step": 0, "exp_avg": torch.zeros_like(p),
+                                 "exp_avg_sq": torch.zeros_like(p)}
+            self.state[p]["step"] += 1
+        grads = [p.grad for p in params]
+        m = [self.state[p]["exp_avg"] for p in params]
+        v = [self.state[p]["exp_avg_sq"] for p in params]
+        t = [self.state[p]["step"] for p in params]
+        # The docstring's lines for all of these parameters at once: torch._foreach_op applies
+        # op to each tensor of its lists, as torch.optim does. A loop over parameters
+        # would launch a small GPU kernel per parameter and operation (docs/performance.md).
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+        torch._foreach_lerp_(m, grads, 1 - beta1)  # m + (1 - beta1) * (g - m)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+        denom = torch._foreach_sqrt(v)  # sqrt(v_hat) + eps = sqrt(v) / sqrt(1 - beta2^t) + eps
+        torch._foreach_div_(denom, [math.sqrt(1 - beta2 ** k) for k in t])
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(params, m, denom, [-lr / (1 - beta1 ** k) for k in t])
 
     def zero_grad(self):
         for group in self.param_groups:

@@ -91,6 +91,11 @@ class TrainConfig:
                                "holding all the logits (docs/performance.md)")
     fsdp: bool = setting(False, "under torchrun: shard weights, gradients and AdamW's moments "
                          "across the processes (shard.py) instead of copying them (DDP)")
+    tp: int = setting(1, "under torchrun: tensor parallel, each Block's matmuls split across this "
+                      "many processes (parallel.py)")
+    pp: int = setting(1, "under torchrun: pipeline parallel, the Blocks in this many stages, one "
+                      "per process, the micro-batches (--grad_accum_steps) flowing through "
+                      "(parallel.py)")
 
     def __post_init__(self):
         check_choices(self)
@@ -100,7 +105,7 @@ class TrainConfig:
                   "must be a finite number")
         check(0 <= self.seed < 2**63, "seed", self.seed, "must be in [0, 2**63)")  # torch's range
         for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_interval",
-                     "ckpt_interval"):
+                     "ckpt_interval", "tp", "pp"):
             check(getattr(self, name) >= 1, name, getattr(self, name), "must be at least 1")
         for name in ("tokenizer_size", "stop_at", "warmup_steps", "eval_iters", "weight_decay",
                      "grad_clip"):
@@ -181,6 +186,14 @@ def fresh_configs(given):
                     f"{settings[of]:g}, so it keeps the default's share of --{of} "
                     f"({defaults[name]:g} of {defaults[of]:g})")
         settings[name] = value
+    pp, accum = settings.get("pp", 1), settings.get("grad_accum_steps", TrainConfig.grad_accum_steps)
+    if pp > accum and "grad_accum_steps" not in given:  # a pipeline needs micro-batches to fill
+        rows = settings.get("batch_size", TrainConfig.batch_size)
+        batch = rows // pp if "batch_size" not in given and rows % pp == 0 else rows
+        runtime.say(f"--grad_accum_steps {pp} --batch_size {batch}: a pipeline of {pp} stages "
+                    f"needs {pp} micro-batches per step" + (f", of {batch} rows: the same "
+                    f"{rows} rows per step" if batch < rows else ""))
+        settings |= {"grad_accum_steps": pp, "batch_size": batch}
     return make_configs(settings)
 
 

@@ -426,8 +426,9 @@ def evaluate(model, objective, tokens, batch_size, autocast, max_batches=0):
     and the sums are added up across them: the same numbers as one process gets. Each process runs
     as many batches as the others (one past the end repeats the last batch, uncounted): a sharded
     model (shard.py) gathers its weights from all processes at every forward."""
-    rank, world = runtime.rank_and_world()
+    rank, world = runtime.data_rank_and_world()
     T, device = model.config.block_size, next(model.parameters()).device
+    stage = hasattr(model, "eval_sums")  # a pipeline's stage (parallel.py): they sum together
     plan = eval_batches(len(tokens), T, batch_size, T - objective.eval_overlap)
     plan = plan[: max_batches or None]
     was_training = model.training
@@ -438,14 +439,15 @@ def evaluate(model, objective, tokens, batch_size, autocast, max_batches=0):
         starts, length = plan[min(i, len(plan) - 1)]
         batch = objective.eval_batch(read_blocks(tokens, starts, length), starts)
         with autocast:
-            sums = objective.eval_sums(model, *(runtime.to_device(x, device) for x in batch))
+            batch = [runtime.to_device(x, device) for x in batch]
+            sums = model.eval_sums(objective, *batch) if stage else objective.eval_sums(model, *batch)
         for name, value in sums.items():  # (a repeated last batch adds zeros)
             value = torch.stack([torch.as_tensor(v) for v in value]).to(device, torch.float64)
             totals[name] = totals.get(name, 0) + value * (i < len(plan))
     model.train(was_training)
     if world > 1:
         for name in sorted(totals):  # the same order in every process
-            torch.distributed.all_reduce(totals[name])
+            torch.distributed.all_reduce(totals[name], group=runtime.data_group())
     counted = next(iter(totals.values()))[1] if totals else 0  # the first metric's count
     if counted == 0:
         raise DataError(f"nothing to score: {len(tokens)} tokens, none of them a target")

@@ -169,10 +169,12 @@ class SelfAttention(nn.Module):
         (XLNet's, made from its factorisation order: xlnet.py), instead of the one causal and
         key_mask make."""
         B, T, C = x.shape
-        nh = self.config.n_head
-        q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
-        # Each head works on its own slice of hs = C / nh channels.
-        q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        hs = C // self.config.n_head
+        q, k, v = self.c_attn(x).chunk(3, dim=2)  # each (B, T, C)
+        # Each head works on its own slice of hs = C / nh channels. (Under tensor parallelism,
+        # parallel.py, a process holds a share of the heads: C / tp channels, nh / tp heads; so
+        # the head count is read off the tensors, -1, here and below.)
+        q, k, v = (t.view(B, T, -1, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         cached = cache is not None and "k" in cache  # keys and values of earlier tokens kept
         if self.config.position == "rope":  # position enters here: rotate queries and keys
             q, k = apply_rope(q, positions), apply_rope(k, positions)
@@ -194,7 +196,7 @@ class SelfAttention(nn.Module):
                 y = explicit_attention(q, k, v, mask, dropout_p)
             else:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, -1)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -319,6 +321,15 @@ class Transformer(nn.Module):
             raise ValueError(f"{start + T} positions, but block_size is {self.config.block_size}")
         if positions is None:
             positions = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.embed(idx, positions, queries)
+        for i in range(len(self.h)):
+            x = self.block(i, x, positions, key_mask, None if cache is None else cache[i], memory,
+                           memory_mask, mask)
+        return self.ln_f(x)
+
+    def embed(self, idx, positions, queries=None):
+        """Where the stream starts: token ids (B, T) -> their embeddings (B, T, C), with positions
+        (a pipeline's first stage runs this alone: parallel.py)."""
         x = self.wte(idx)  # (B, T, E)
         if queries is not None:
             x = torch.cat([x, queries], dim=1)  # (B, T + P, E)
@@ -328,16 +339,16 @@ class Transformer(nn.Module):
             x = self.ln_emb(x)
         if self.proj_in is not None:
             x = self.proj_in(x)  # (B, T, E) -> (B, T, C)
-        x = self.drop(x)
-        for i, block in enumerate(self.h):
-            if self.config.grad_checkpointing and self.training and torch.is_grad_enabled():
-                # Activation checkpointing: keep only the block's input; backward runs it again.
-                x = checkpoint(block, x, positions, key_mask, None, memory, memory_mask, mask,
-                               use_reentrant=False)
-            else:
-                x = block(x, positions, key_mask, None if cache is None else cache[i], memory,
-                          memory_mask, mask)
-        return self.ln_f(x)
+        return self.drop(x)
+
+    def block(self, i, x, positions, key_mask=None, cache=None, memory=None, memory_mask=None,
+              mask=None):
+        """Block i on the stream x (B, T, C)."""
+        if self.config.grad_checkpointing and self.training and torch.is_grad_enabled():
+            # Activation checkpointing: keep only the block's input; backward runs it again.
+            return checkpoint(self.h[i], x, positions, key_mask, None, memory, memory_mask, mask,
+                              use_reentrant=False)
+        return self.h[i](x, positions, key_mask, cache, memory, memory_mask, mask)
 
 
 class GPT(nn.Module):
@@ -355,7 +366,10 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, cache=None):
         """Logits (B, T, vocab_size); or, given targets (B, T), their mean cross-entropy (IGNORE
         left out), without ever holding all the logits (HeadLoss)."""
-        x = self.transformer(idx, cache=cache)  # (B, T, C)
+        return self.head(self.transformer(idx, cache=cache), targets)  # from (B, T, C)
+
+    def head(self, x, targets=None):
+        """The features x (B, T, C) scored: logits (B, T, vocab_size), or the loss (forward)."""
         if targets is not None:
             return head_loss(x.flatten(0, 1), self.lm_head.weight, None, targets.flatten())
         return self.lm_head(x)  # (B, T, vocab_size)
@@ -434,7 +448,10 @@ class BERT(nn.Module):
         positions (B, T) bool: score only these. Returns logits (B, T, V), or (N, V) for the N
         positions; or, given targets (B, T) (IGNORE where nothing was chosen), the mean
         cross-entropy at the chosen positions, through HeadLoss."""
-        x = self.transformer(idx, key_mask=attention_mask)  # (B, T, C)
+        return self.head(self.transformer(idx, key_mask=attention_mask), positions, targets)
+
+    def head(self, x, positions=None, targets=None):
+        """The features x (B, T, C) scored at positions: logits, or the loss (forward)."""
         if targets is not None:
             positions = targets != IGNORE
         if positions is not None:
@@ -553,7 +570,7 @@ def param_groups(model, weight_decay, muon=False):
     a table of rows, and as GPT's output layer it scores ids: it stays with AdamW (Jordan et al.
     2024 keep embeddings and the output layer on AdamW)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    embedding = model.transformer.wte.weight
+    embedding = getattr(model.transformer.wte, "weight", None)  # (none: a pipeline's middle)
     linear = {id(m.weight) for m in model.modules()  # (one output: a vector that scores, no map)
               if muon and isinstance(m, nn.Linear) and m.weight is not embedding
               and m.out_features > 1}

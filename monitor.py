@@ -32,16 +32,17 @@ PEAK_FLOPS = {  # dense bf16/fp16 tensor-core FLOP/s from NVIDIA's data sheets, 
 }
 
 
-def print_start(run, splits, cfg, device, dtype, world):
-    """What a run trains, on what, and how many tokens one step takes (train.py's first lines)."""
-    raw = runtime.unwrap(run.model)
-    T, B, accum = raw.config.block_size, cfg.batch_size, cfg.grad_accum_steps
-    runtime.say(f"{run.objective.Model.__name__}: {num_params(raw) / 1e6:.2f}M parameters "
-        f"({num_params(raw, False) / 1e6:.2f}M without positions) on {device}, "
+def print_start(model, objective, splits, cfg, device, dtype):
+    """What a run trains, on what, and how many tokens one step takes (train.py's first lines).
+    Under model parallelism (--tp, --pp), a group of processes reads one share of the rows."""
+    T, B, accum = model.config.block_size, cfg.batch_size, cfg.grad_accum_steps
+    copies = runtime.rank_and_world()[1] // (cfg.tp * cfg.pp)  # the data's shares
+    runtime.say(f"{objective.Model.__name__}: {num_params(model) / 1e6:.2f}M parameters "
+        f"({num_params(model, False) / 1e6:.2f}M without positions) on {device}, "
         f"{str(dtype).removeprefix('torch.')}\n"
         f"data: {cfg.data_dir}: {len(splits['train']):,} train and {len(splits['val']):,} val "
-        f"tokens\ntokens per step: {B} sequences x {T} tokens x {accum} micro-steps x {world} "
-        f"processes = {B * T * accum * world:,}; optimizer: {cfg.optimizer}")
+        f"tokens\ntokens per step: {B} sequences x {T} tokens x {accum} micro-steps x {copies} "
+        f"processes = {B * T * accum * copies:,}; optimizer: {cfg.optimizer}")
 
 
 def print_settings(configs, given, source, brought):

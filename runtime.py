@@ -2,7 +2,8 @@
 runtime.py: where a program runs. Not a lesson: plumbing the programs and tools share.
 
   * the device (`pick_device`) and the number format (`pick_dtype`), checked against the machine;
-  * the processes of a data-parallel run (`rank_and_world`, `is_main`, `say`);
+  * the processes of a run (`rank_and_world`, `is_main`, `say`), and those that split the data
+    between them (`data_rank_and_world`: all of them, but for model parallelism, parallel.py);
   * moving batches to the device, and unwrapping a model from DDP and torch.compile;
   * a C-allocator setting that makes CPU training faster on Linux (`keep_freed_memory`);
   * a lock on a folder's file, held while a run writes there (`locked`);
@@ -156,6 +157,8 @@ def autocast(device, dtype):
 def processes(device):
     """Join torchrun's processes (it sets RANK and the others) for the length of a run, and yield
     this process's torch.device: NCCL between GPUs (one each), gloo between CPU processes."""
+    global _data
+    _data = None  # every process splits the data, until parallel.py says otherwise
     if "RANK" not in os.environ:  # a plain `python train.py`: one process
         yield torch.device(device)
         return
@@ -227,6 +230,28 @@ def rank_and_world():
     if not dist.is_initialized():
         return 0, 1
     return dist.get_rank(), dist.get_world_size()
+
+
+_data = None  # (group, rank, world) of the processes that split each batch; None: all of them
+
+
+def share_data(group):
+    """Model parallelism (parallel.py): the processes that split each batch between them are
+    those of group (a process group; None: this process alone). The others read the same rows
+    as this one: they hold other parts of the same model."""
+    global _data
+    _data = (group, *((dist.get_rank(group), dist.get_world_size(group)) if group else (0, 1)))
+
+
+def data_rank_and_world():
+    """(this process's share of each batch, the number of shares): rank_and_world(), unless
+    model parallelism makes several processes share one copy of the model and its rows."""
+    return rank_and_world() if _data is None else _data[1:]
+
+
+def data_group():
+    """The process group of data parallelism, for its all-reduces (None: all processes)."""
+    return None if _data is None else _data[0]
 
 
 def is_main():

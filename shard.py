@@ -44,16 +44,17 @@ from runtime import UserError
 # of train.py and sample.py would pay; the functions below import what they use when called.
 
 
-def wrap(model, device, dtype):
+def wrap(model, device, dtype, mesh=None):
     """Shard model in place across the processes: each Block, then the root (embeddings, final
     LayerNorm, head: what no Block holds). A Block is gathered for its own forward and backward,
     the root for the rest, so at most a Block and the root are whole at a time. The mesh is named
     with the device type: on CPUs it must say "cpu", or parameters could move to a GPU that
     happens to exist. On a GPU, FSDP's mixed precision replaces autocast: weights are gathered in
-    bfloat16 and gradients reduced in float32 (train.py then turns autocast off)."""
+    bfloat16 and gradients reduced in float32 (train.py then turns autocast off). mesh: the
+    processes to shard across (all, unless --tp splits them too: parallel.py)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    mesh = mesh or init_device_mesh(device.type, (dist.get_world_size(),))
     low = device.type == "cuda" and dtype == torch.bfloat16
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if low \
         else MixedPrecisionPolicy()
@@ -123,17 +124,6 @@ def load(path, model, optimizer):
     dcp.load(state, checkpoint_id=path)
     opt = state["optimizer"]
     optimizer.load_state_dict({**opt, "state": {int(i): s for i, s in opt["state"].items()}})
-
-
-def slice_like(optimizer_state, optimizer):
-    """A whole-tensor optimizer state (from ckpt.pt) cut into this process's slices."""
-    from torch.distributed.tensor import distribute_tensor
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    for i, s in optimizer_state["state"].items():
-        p = params[i]
-        for key in ("exp_avg", "exp_avg_sq"):
-            s[key] = distribute_tensor(s[key].to(p.dtype), p.device_mesh, p.placements)
-    return optimizer_state
 
 
 def read_checkpoint(path, tensors=True):

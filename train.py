@@ -42,6 +42,7 @@ With --fsdp each process holds only a slice of the weights, gradients and AdamW'
 Read next: shard.py, what --fsdp changes (then sample.py, using what you trained).
 """
 
+import functools
 import math
 import shutil
 import signal
@@ -61,6 +62,7 @@ from tqdm import tqdm
 
 import data
 import monitor
+import parallel
 import prepared
 import runtime
 import shard
@@ -83,6 +85,8 @@ class Run:
     scaler: torch.amp.GradScaler  # fp16's loss scale (disabled for other dtypes)
     objective: object  # clm.CLM, mlm.MLM, electra.RTD, ...: batches, loss, evaluation
     generator: torch.Generator  # this process's training batches (and BERT's masks)
+    layout: parallel.Layout | None = None  # how the model is split across processes, if it is
+    flops: float = 0.0  # training FLOPs per token of the whole model (for MFU)
     step: int = 0  # optimizer steps done
     tokens: int = 0  # tokens trained on
     skipped_steps: int = 0  # steps the fp16 loss scaler skipped
@@ -100,7 +104,7 @@ def main(argv=None):
     if given.get("init_from") == "resume":
         checkpoint = load_checkpoint(path, tensors=False)  # a sharded run loads only its slices
         mcfg, cfg = resume_configs(checkpoint, given, out_dir)
-        if "model" not in checkpoint and not cfg.fsdp:  # a sharded run's, resumed whole
+        if "model" not in checkpoint and not sharded_only(cfg):  # a sharded run's, read whole
             checkpoint = load_checkpoint(path)
         if checkpoint["step"] >= (cfg.stop_at or cfg.max_steps):
             flag = "--stop_at" if cfg.stop_at else "--max_steps"
@@ -113,11 +117,13 @@ def main(argv=None):
             raise CheckpointError(f"{path} exists: continue it with --init_from resume, or train "
                                   f"into another --out_dir (nothing trained is overwritten)")
     check_settings(cfg, given)
+    parallel.check(cfg, mcfg)
     device = runtime.pick_device(cfg.device)
     dtype = runtime.pick_dtype(cfg.dtype, device)
-    if cfg.fsdp and dtype == torch.float16:
-        raise runtime.ConfigError("--fsdp: float16 would need a sharded loss scaler; use --dtype "
-                                  "bfloat16, or float32")
+    split = [f for f in ("fsdp", "tp", "pp") if getattr(cfg, f) > 1 or getattr(cfg, f) is True]
+    if split and dtype == torch.float16:
+        raise runtime.ConfigError(f"--{split[0]}: float16 would need a loss scaler across the "
+                                  f"processes; use --dtype bfloat16, or float32")
     if device == "cpu":
         runtime.keep_freed_memory()
     with runtime.processes(device) as device:  # one, or torchrun's (data parallel)
@@ -125,6 +131,12 @@ def main(argv=None):
             return train(mcfg, cfg, checkpoint, device, dtype, given)
         with lock(runtime.make_folder(cfg.out_dir, "out_dir")):  # rank 0 writes out_dir
             train(mcfg, cfg, checkpoint, device, dtype, given)
+
+
+def sharded_only(cfg):
+    """Whether the run is FSDP alone, which writes and reads checkpoints as folders of slices
+    (shard.py); every other layout writes the whole model into ckpt.pt."""
+    return cfg.fsdp and cfg.tp == 1
 
 
 def train(mcfg, cfg, checkpoint, device, dtype, given):
@@ -140,7 +152,11 @@ def train(mcfg, cfg, checkpoint, device, dtype, given):
     splits, objective, mcfg = open_data(mcfg, cfg, checkpoint, given)
     torch.manual_seed(cfg.seed)  # the same initial weights in every process
     raw = new_model(objective, mcfg, cfg, checkpoint).to(device)
-    model = distribute(raw, cfg, device, dtype)  # the model as each process trains it
+    monitor.print_start(raw, objective, splits, cfg, device, dtype)
+    flops = flops_per_token(raw, raw.config.block_size, objective.head_fraction)  # the whole's
+    model, layout = distribute(raw, cfg, device, dtype, objective)  # as each process trains it
+    raw = runtime.unwrap(model)
+    raw = raw.model if isinstance(raw, parallel.Pipeline) else raw  # (a stage holds a part)
     muon = cfg.optimizer == "muon"
     optimizer = (Muon if muon else AdamW)(param_groups(raw, cfg.weight_decay, muon=muon),
                                           lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
@@ -149,7 +165,7 @@ def train(mcfg, cfg, checkpoint, device, dtype, given):
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     torch.manual_seed(cfg.seed + runtime.rank_and_world()[0])  # each process its own dropout
     generator = torch.Generator().manual_seed(cfg.seed)  # one data order for all: next_batches
-    run = Run(model, optimizer, scaler, objective, generator)
+    run = Run(model, optimizer, scaler, objective, generator, layout, flops)
     if resumed:
         restore_run(run, checkpoint, cfg)
     loop(run, splits, cfg, device, dtype)
@@ -203,31 +219,33 @@ def new_model(objective, mcfg, cfg, checkpoint):
     return objective.Model(mcfg)
 
 
-def distribute(raw, cfg, device, dtype):
-    """The model as train_step calls it. One process: the model itself (compiled with
-    --compile). Under torchrun, data parallel: a whole copy in every process, whose gradients DDP
-    averages; or with --fsdp, a slice of every weight in each (shard.wrap, in place: the optimizer,
-    made after this, then holds the slices)."""
-    if cfg.fsdp:
-        shard.wrap(raw, device, dtype)
+def distribute(raw, cfg, device, dtype, objective):
+    """(the model as train_step calls it, how it is split). One process: the model itself
+    (compiled with --compile). Under torchrun, data parallel: a whole copy in every process, whose
+    gradients DDP averages; or with --fsdp a slice of every weight in each (shard.py). Model
+    parallel, --tp or --pp: a share of every Block in each process, or a stage of the Blocks
+    (parallel.py). Sharding and tensor parallelism happen in place: the optimizer, made after
+    this, then holds this process's slices."""
+    layout = None
+    if cfg.fsdp or cfg.tp > 1 or cfg.pp > 1:
+        raw, layout = parallel.setup(raw, cfg, device, dtype, objective)
     model = torch.compile(raw) if cfg.compile else raw
-    if runtime.rank_and_world()[1] > 1 and not cfg.fsdp:
+    if runtime.rank_and_world()[1] > 1 and layout is None:
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
                                         else None)
-    return model
+    return model, layout
 
 
 def loop(run, splits, cfg, device, dtype):
     """Optimizer steps until the session ends, with evaluation, the log and checkpoints."""
     raw, (_, world) = runtime.unwrap(run.model), runtime.rank_and_world()
     T, B, accum, stop = raw.config.block_size, cfg.batch_size, cfg.grad_accum_steps, cfg.stop_at
-    stop, tokens_per_step = stop or cfg.max_steps, B * T * accum * world
+    stop = stop or cfg.max_steps
+    tokens_per_step = B * T * accum * runtime.data_rank_and_world()[1]  # (model parallel: once)
     sharded_gpu = cfg.fsdp and device.type == "cuda"  # FSDP's mixed precision instead (shard.py)
     autocast = runtime.autocast(device, torch.float32 if sharded_gpu else dtype)
-    flops = flops_per_token(raw, T, run.objective.head_fraction)
-    peak = monitor.peak_flops(device, dtype)
+    flops, peak = run.flops, monitor.peak_flops(device, dtype)
     name = run.objective.Model.__name__  # (type(raw) may be FSDP's subclass of it)
-    monitor.print_start(run, splits, cfg, device, dtype, world)
     out_dir, start_time, metrics = Path(cfg.out_dir), time.time(), {}
     records = monitor.start_log(out_dir / "log.jsonl", run.step) if runtime.is_main() else []
     saved = run.step  # the step of the checkpoint on disk (0: none yet)
@@ -284,7 +302,7 @@ def next_batches(run, tokens, B, T, accum, device):
     masks; each process takes its share. So N processes train on what one process with N times
     the accumulation trains on, and a run resumes on another number of processes. (Dropout stays
     each process's own: train seeds it by rank.)"""
-    rank, world = runtime.rank_and_world()
+    rank, world = runtime.data_rank_and_world()  # (model parallel: a group shares its rows)
     blocks = data.get_batch(tokens, B * accum * world, T, run.generator)  # the step's, all of it
     batch = run.objective.train_batch(blocks, run.generator)  # (inputs, targets, ...)
     mine = slice(rank * B * accum, (rank + 1) * B * accum)
@@ -297,6 +315,9 @@ def train_step(run, micro_batches, grad_clip, autocast):
     before clipping, whether the scaler skipped the update). Raises FloatingPointError on a
     NaN/inf loss."""
     model, optimizer, scaler, objective = run.model, run.optimizer, run.scaler, run.objective
+    if isinstance(model, parallel.Pipeline):  # the micro-batches flow through the stages
+        return step_update(run, model.train_step(micro_batches, autocast), grad_clip,
+                           functools.partial(parallel.clip_grad_norm_, pipeline=model))
     ddp = isinstance(model, DistributedDataParallel)
     fsdp = hasattr(model, "set_requires_gradient_sync")  # shard.wrap made it an FSDP module
     total = 0.0  # the loss and its parts (ELECTRA's two), summed over the micro-batches
@@ -314,12 +335,21 @@ def train_step(run, micro_batches, grad_clip, autocast):
             scaler.scale(loss / len(micro_batches)).backward()
         total += torch.stack([loss.detach(), *objective.terms.values()]).float()
     averaged = total / len(micro_batches)
-    if ddp or fsdp:  # every process reports the losses averaged over all of them
+    if dist.is_initialized():  # every process reports the losses averaged over all of them
         dist.all_reduce(averaged)
         averaged /= dist.get_world_size()
+    split = run.layout is not None and run.layout.tp > 1  # split and whole parameters
+    clip = parallel.clip_grad_norm_ if split else torch.nn.utils.clip_grad_norm_
+    return step_update(run, averaged, grad_clip, clip)
+
+
+def step_update(run, averaged, grad_clip, clip_grad_norm_):
+    """The end of train_step: the losses averaged (a tensor: the loss, then the objective's
+    terms), the gradients clipped by clip_grad_norm_, and the update."""
+    optimizer, scaler, objective = run.optimizer, run.scaler, run.objective
     params = [p for g in optimizer.param_groups for p in g["params"]]
     scaler.unscale_(optimizer)  # fp16: divide the loss scale back out: true norms and clipping
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
+    grad_norm = clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
     losses = dict(zip(["loss", *objective.terms], averaged.tolist()))
     loss, grad_norm = losses["loss"], shard.local(grad_norm).item()  # FSDP: a norm over all slices
     if not math.isfinite(loss) or (not scaler.is_enabled() and not math.isfinite(grad_norm)):
@@ -369,16 +399,21 @@ def save_run(out_dir, run, cfg):
     counters (the schedule is lr_at(step): the step is all of its state), both configs and every
     process's RNG states; and the tokens of a trained tokenizer, for sample.py. Into ckpt.pt, or
     for a sharded run into the folder ckpt.dcp, every process writing its slices (shard.save)."""
-    raw, path = runtime.unwrap(run.model), out_dir / ("ckpt.dcp" if cfg.fsdp else "ckpt.pt")
+    sharded = sharded_only(cfg)
+    raw, path = runtime.unwrap(run.model), out_dir / ("ckpt.dcp" if sharded else "ckpt.pt")
     meta = {"scaler": run.scaler.state_dict(), **{k: getattr(run, k) for k in Run.COUNTERS},
             "model_config": asdict(raw.config), "train_config": asdict(cfg),
             "rng": gather_rng(run.generator), "tokenizer": data.read_vocab(cfg.data_dir)}
-    if cfg.fsdp:
+    if sharded:
         shard.save(path, raw, run.optimizer, meta, save_checkpoint)
+    elif run.layout is not None:  # --tp, --pp: the whole model, gathered to rank 0
+        weights, moments = parallel.whole_state(raw, run.optimizer, run.layout)
+        if runtime.is_main():
+            save_checkpoint(path, {"model": weights, "optimizer": moments, **meta})
     elif runtime.is_main():
         save_checkpoint(path, {"model": raw.state_dict(), "optimizer": run.optimizer.state_dict(),
                                **meta})
-    other = out_dir / ("ckpt.pt" if cfg.fsdp else "ckpt.dcp")  # from before a switch of --fsdp
+    other = out_dir / ("ckpt.pt" if sharded else "ckpt.dcp")  # from before a switch of --fsdp
     if runtime.is_main() and other.is_dir():
         shutil.rmtree(other)
     elif runtime.is_main():
@@ -390,10 +425,11 @@ def restore_run(run, checkpoint, cfg):
     A sharded run reads its slices of the weights and moments here (shard.py)."""
     if "model" not in checkpoint:  # a sharded checkpoint, and a sharded run to read it
         shard.load(checkpoint["sharded"], runtime.unwrap(run.model), run.optimizer)
+    elif run.layout is not None:  # whole moments, cut for this process (parallel.py)
+        run.optimizer.load_state_dict(parallel.moments_for(
+            checkpoint["optimizer"], runtime.unwrap(run.model), run.optimizer, run.layout))
     else:
-        moments = checkpoint["optimizer"]
-        run.optimizer.load_state_dict(shard.slice_like(moments, run.optimizer) if cfg.fsdp
-                                      else moments)
+        run.optimizer.load_state_dict(checkpoint["optimizer"])
     if run.scaler.is_enabled() and checkpoint["scaler"]:
         run.scaler.load_state_dict(checkpoint["scaler"])
     for key in Run.COUNTERS:
