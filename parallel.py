@@ -74,7 +74,7 @@ def check(cfg, mcfg):
     error = runtime.ConfigError
     if "RANK" not in os.environ:
         raise error(f"{flag} splits the model across the processes torchrun starts: run "
-                    f"torchrun --standalone --nproc_per_node={max(tp, pp)} train.py {flag}")
+                    f"train.py under torchrun, {max(tp, pp)} processes (docs/parallelism.md)")
     world = int(os.environ["WORLD_SIZE"])
     if cfg.model not in MODELS:
         raise error(f"{flag} splits the Blocks of a GPT or a BERT; --model {cfg.model} has more "
@@ -106,8 +106,8 @@ def check(cfg, mcfg):
                         "RNG tracker), not built here: use --dropout 0")
     if pp > 1:
         if world != pp:
-            raise error(f"--pp {pp} needs {pp} processes, one per stage "
-                        f"(torchrun --nproc_per_node={pp}), not {world}")
+            raise error(f"--pp {pp} needs {pp} processes, one per stage, not {world}: start "
+                        f"{pp} with torchrun")
         if pp > mcfg.n_layer:
             raise error(f"--pp {pp}: more stages than the {mcfg.n_layer} Blocks (--n_layer): "
                         f"use at most {mcfg.n_layer}")

@@ -19,12 +19,14 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 import data
+import parallel
 import runtime
 import sample
 import shard
 import train
 from adamw import AdamW
 from checkpoint import CheckpointError, load_checkpoint, objective_for
+from config import TrainConfig
 from model import ModelConfig, param_groups
 
 REPO = Path(__file__).parents[1]
@@ -46,18 +48,20 @@ def evaluation_split():
     return np.random.default_rng(0).integers(0, EOT, size=1000).astype(np.uint16)
 
 
-def run_steps(model, kind, losses=None):
+def run_steps(model, kind, losses=None, layout=None):
     """STEPS optimizer steps (their losses appended to `losses`); then (parameters, (eval loss,
-    predicted tokens))."""
+    predicted tokens)). A model split across processes (layout: parallel.setup's) gives its
+    whole weights instead, by name, in the first process (None in the others)."""
     objective = objective_for(kind, eot_id=EOT)
     raw = model.module if isinstance(model, DistributedDataParallel) else model
+    held = raw.model if isinstance(raw, parallel.Pipeline) else raw  # (a pipeline's stage)
     # A modest lr: the attention's key bias has a true gradient of exactly 0 (it adds the same
     # amount to every score of a query, and softmax ignores that), so its gradient is float noise,
     # which Adam turns into steps of about lr * |noise| / eps that differ between any two ways of
     # summing.
-    optimizer = AdamW(param_groups(raw, 0.1), lr=1e-3)
+    optimizer = AdamW(param_groups(held, 0.1), lr=1e-3)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = runtime.data_rank_and_world()  # (model parallel: the processes share rows)
     off = torch.autocast("cpu", enabled=False)
     for step in range(STEPS):
         everything = micro_batches(step)
@@ -69,11 +73,15 @@ def run_steps(model, kind, losses=None):
             for i, b in enumerate(batches)
         ]
         step_losses, _, _ = train.train_step(
-            train.Run(model, optimizer, scaler, objective, None), batches, 1.0, off
+            train.Run(model, optimizer, scaler, objective, None, layout), batches, 1.0, off
         )
         (losses if losses is not None else []).append(step_losses["loss"])
     metrics = data.evaluate(raw, objective, evaluation_split(), 3, off)
-    return [p.detach().clone() for p in raw.parameters()], (metrics["loss"], metrics["tokens"])
+    if layout is not None:
+        params = parallel.whole_state(raw, optimizer, layout)[0]
+    else:
+        params = [p.detach().clone() for p in raw.parameters()]
+    return params, (metrics["loss"], metrics["tokens"])
 
 
 def worker(rank, ports, out, corpus):
@@ -91,6 +99,8 @@ def worker(rank, ports, out, corpus):
             params, evaluation = run_steps(model, kind, losses)
             results["ddp"][kind] = {"params": params, "evaluation": evaluation, "losses": losses}
             results["fsdp"][kind] = sharded_steps(kind, config)
+        for name, layout in TWO_LAYOUTS.items():  # model parallel: after DDP, which needs all
+            results[name] = {kind: split_steps(kind, layout) for kind in SPLIT}
         torch.save(results, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -107,6 +117,7 @@ def worker(rank, ports, out, corpus):
             Path(f"{out}/refused{rank}.txt").write_text(str(e), encoding="utf-8")
         store.set(f"{i}/{rank}", "done")  # the next run starts when both have ended this one,
         store.wait([f"{i}/0", f"{i}/1"])  # as the next launch of two new processes would
+    os._exit(0)  # (DTensor's threads sometimes abort an ordinary exit: "terminate called...")
 
 
 # train.py in the two processes above: DDP and FSDP runs stopped halfway and resumed; FSDP unbroken
@@ -121,12 +132,45 @@ TRAIN_RUNS = [("ddp-halves", ["--max_steps", "4", "--stop_at", "2"]),
               ("fsdp-halves", ["--max_steps", "4", "--stop_at", "2", "--fsdp"]),
               ("fsdp-halves", ["--init_from", "resume", "--fsdp"]),
               # a text that cleaning empties ("Hi."), prepared by the first process only
-              ("refused", ["--text", "{out}/tiny.txt", "--data_dir", "{out}/tiny"])]
+              ("refused", ["--text", "{out}/tiny.txt", "--data_dir", "{out}/tiny"]),
+              # model parallel: unbroken, and stopped halfway and resumed; a pipeline's
+              # checkpoint resumed by tensor parallelism. (--pp 2 fits --grad_accum_steps 2.)
+              ("tp-straight", ["--max_steps", "4", "--tp", "2"]),
+              ("tp-halves", ["--max_steps", "4", "--stop_at", "2", "--tp", "2"]),
+              ("tp-halves", ["--init_from", "resume"]),
+              ("pp-straight", ["--max_steps", "4", "--pp", "2"]),
+              ("pp-halves", ["--max_steps", "4", "--stop_at", "2", "--pp", "2"]),
+              ("pp-halves", ["--init_from", "resume"]),
+              ("pp-then-tp", ["--max_steps", "4", "--stop_at", "2", "--pp", "2"]),
+              ("pp-then-tp", ["--init_from", "resume", "--pp", "1", "--tp", "2"])]
 
 
 CASES = {"gpt": CONFIG, "bert": {**CONFIG, "grad_checkpointing": True},  # (it composes with FSDP)
          "t5": {**CONFIG, "vocab_size": 576},  # (room for its sentinels after [MASK])
          "xlnet": CONFIG}
+
+
+# Model parallelism (parallel.py), of the models it splits: the layouts of two processes, and
+# of four (FSDP 2 x TP 2, spawned apart)
+SPLIT = ["gpt", "bert"]
+TWO_LAYOUTS = {"tp": {"tp": 2}, "pp": {"pp": 2}}
+
+
+def split_steps(kind, layout):
+    """The steps of run_steps, the model split across the processes as layout says (TrainConfig's
+    tp, pp, fsdp): its losses, evaluation and whole weights; and the numbers of parameters and
+    moments this process holds."""
+    torch.manual_seed(0)
+    model = objective_for(kind).Model(ModelConfig(**CASES[kind]))
+    cfg = TrainConfig(model=kind, optimizer="adamw", grad_accum_steps=2 * ACCUM, **layout)
+    model, plan = parallel.setup(model, cfg, torch.device("cpu"), torch.float32,
+                                 objective_for(kind, eot_id=EOT))
+    losses = []
+    params, evaluation = run_steps(model, kind, losses, plan)
+    held = model.model if isinstance(model, parallel.Pipeline) else model
+    names = {id(p): n for n, p in held.named_parameters()}
+    counts = {names[id(p)]: shard.local(p).numel() for p in held.parameters()}
+    return {"params": params, "evaluation": evaluation, "losses": losses, "held": counts}
 
 
 def sharded_steps(kind, config):
@@ -372,3 +416,110 @@ def test_a_sharded_run_resumes_exactly_and_one_process_reads_its_checkpoint(corp
         assert after["optimizer"]["state"][i]["step"] == state["step"] + 1
         assert (after["optimizer"]["state"][i]["exp_avg_sq"] >= beta2 * state["exp_avg_sq"]
                 - 1e-12).all()
+
+
+# Model parallelism: tensor and pipeline (parallel.py) ---------------------------------------------
+
+def by_name(kind, params):
+    """One process's parameters (run_steps' list) by name."""
+    model = objective_for(kind).Model(ModelConfig(**CASES[kind]))
+    return dict(zip((name for name, _ in model.named_parameters()), params))
+
+
+def check_whole(results, single, kind):
+    """Every process's losses and evaluation, and the first one's whole weights (whole_state, by
+    name), against one process's."""
+    names = by_name(kind, single["params"])
+    for rank, result in results.items():
+        whole = [result["params"][n] for n in names] if rank == 0 else single["params"]
+        check_equal({**result, "params": whole}, single)
+
+
+@pytest.mark.parametrize("layout", TWO_LAYOUTS)
+@pytest.mark.parametrize("kind", SPLIT)
+def test_two_model_parallel_processes_equal_one_process(two_processes, one_process, layout, kind):
+    """Tensor parallel (each process half of the heads and hidden units of every Block), and
+    pipeline parallel (each a stage, the four micro-batches through 1F1B): the losses, evaluation
+    and gathered weights of one process that accumulates the same four micro-batches."""
+    check_whole({rank: two_processes[rank][layout][kind] for rank in (0, 1)}, one_process[kind],
+                kind)
+
+
+def megatron_split(name):
+    """Whether tensor parallelism splits the parameter: the column-split layers (c_attn, c_fc),
+    weight and bias, and the row-split weights (the c_proj's; their biases are added once the
+    partial sums are, so they stay whole)."""
+    return ".h." in name and name.endswith(("c_attn.weight", "c_attn.bias", "c_fc.weight",
+                                            "c_fc.bias", "c_proj.weight"))
+
+
+def test_each_model_parallel_process_holds_its_share_of_the_parameters(two_processes):
+    for kind in SPLIT:
+        model = objective_for(kind).Model(ModelConfig(**CASES[kind]))
+        sizes = {name: p.numel() for name, p in model.named_parameters()}
+        for rank in (0, 1):
+            held = two_processes[rank]["tp"][kind]["held"]
+            assert held == {n: size // 2 if megatron_split(n) else size
+                            for n, size in sizes.items()}
+        # two stages of the two Blocks: the embeddings and Block 0; Block 1, the final LayerNorm
+        # and the head, with its copy of the tied token embedding
+        first = {n for n in sizes if n.startswith(("transformer.wte", "transformer.wpe"))
+                 or ".h.0." in n}
+        second = {n for n in sizes if ".h.1." in n or n.startswith(("transformer.ln_f", "head"))}
+        assert first.isdisjoint(second) and first | second == sizes.keys()
+        assert two_processes[0]["pp"][kind]["held"] == {n: sizes[n] for n in first}
+        assert two_processes[1]["pp"][kind]["held"] == {
+            n: sizes[n] for n in second | {"transformer.wte.weight"}}
+
+
+def worker4(rank, port, out):
+    """In each of four processes: FSDP 2 x TP 2, a (data, tensor) mesh."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=4)
+    try:
+        results = {kind: split_steps(kind, {"tp": 2, "fsdp": True}) for kind in SPLIT}
+        torch.save(results, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+    os._exit(0)  # (as in worker)
+
+
+@pytest.fixture(scope="module")
+def four_processes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("four")
+    mp.spawn(worker4, args=(free_port(), str(out)), nprocs=4)
+    return {rank: torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(4)}
+
+
+@pytest.mark.parametrize("kind", SPLIT)
+def test_four_processes_as_fsdp_2_by_tp_2_equal_one_process(four_processes, one_process, kind):
+    """Two pairs of tensor-parallel processes, each pair a half of the batch, each process half
+    of its pair's share sharded (FSDP): one process's losses, evaluation and weights; each holds a
+    quarter of what tensor parallelism splits and half of the rest."""
+    check_whole({rank: four_processes[rank][kind] for rank in range(4)}, one_process[kind], kind)
+    model = objective_for(kind).Model(ModelConfig(**CASES[kind]))
+    for rank in range(4):
+        assert four_processes[rank][kind]["held"] == {
+            n: p.numel() // (4 if megatron_split(n) else 2) for n, p in model.named_parameters()}
+
+
+def test_train_py_splits_the_model_resumes_exactly_and_sample_reads_it(corpus, spawned, tmp_path,
+                                                                       capsys):
+    """torchrun train.py --tp 2 and --pp 2 (TRAIN_RUNS): the losses of one process; stopped at
+    step 2 and resumed, the unbroken run's exactly; sample.py reads the checkpoint whole; a
+    pipeline's checkpoint resumes under tensor parallelism."""
+    for layout, accum in (("tp", "1"), ("pp", "2")):
+        straight, halves = log(spawned / f"{layout}-straight"), log(spawned / f"{layout}-halves")
+        assert [r["step"] for r in halves] == [1, 2, 3, 4]
+        assert [r["loss"] for r in halves] == [r["loss"] for r in straight]
+        assert halves[-1]["val_loss"] == straight[-1]["val_loss"]
+        train.main(["--data_dir", corpus, "--out_dir", str(tmp_path / layout), *FLAGS,
+                    "--max_steps", "4", "--grad_accum_steps", accum])
+        one = log(tmp_path / layout)
+        assert [r["loss"] for r in straight] == pytest.approx([r["loss"] for r in one], rel=2e-6)
+        sample.main(["--ckpt", str(spawned / f"{layout}-halves"), "--eval", "val", "--device",
+                     "cpu", "--dtype", "float32"])
+        assert f"loss {halves[-1]['val_loss']:.4f}" in capsys.readouterr().out
+    moved, unbroken = log(spawned / "pp-then-tp"), log(spawned / "pp-straight")
+    assert [r["loss"] for r in moved] == pytest.approx([r["loss"] for r in unbroken], rel=2e-6)

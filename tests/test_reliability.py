@@ -213,6 +213,46 @@ def test_fsdp_without_torchrun_is_refused(flags_of, corpus, tmp_path):
             flags_of)
 
 
+# --tp and --pp with what cannot work: (processes torchrun started, flags, the refusal). Refused
+# before the processes join (parallel.check), so no process group is needed here.
+MODEL_PARALLEL = [
+    (None, ["--tp", "2"], "--tp 2 splits the model across the processes torchrun starts: run "
+     "train.py under torchrun, 2 processes"),
+    (None, ["--pp", "2"], "--pp 2 splits the model across the processes torchrun starts"),
+    (2, ["--tp", "3", "--n_head", "4"], "--tp 3 must divide --n_head 4: each process computes "
+     "whole heads"),
+    (3, ["--tp", "2"], "--tp 2 must divide the 3 processes"),
+    (4, ["--tp", "2"], "--tp 2 on 4 processes: the 2 groups would split the data, which needs "
+     "--fsdp"),
+    (4, ["--pp", "2"], "--pp 2 needs 2 processes, one per stage, not 4"),
+    (2, ["--pp", "2", "--grad_accum_steps", "1"], "--grad_accum_steps 1: a pipeline of 2 stages "
+     "needs at least 2 micro-batches per step"),
+    (5, ["--pp", "5", "--n_layer", "4"], "--pp 5: more stages than the 4 Blocks (--n_layer): "
+     "use at most 4"),
+    (2, ["--tp", "2", "--optimizer", "muon"], "--tp 2 with Muon: its state is not gathered into "
+     "checkpoints, and under --tp it would orthogonalise shares of matrices"),
+    (2, ["--pp", "2", "--model", "bert"], "--pp 2 with Muon"),  # (BERT's default optimizer)
+    (2, ["--tp", "2", "--model", "t5"], "--tp 2 splits the Blocks of a GPT or a BERT; --model t5 "
+     "has more than one stack"),
+    (4, ["--tp", "2", "--pp", "2"], "--tp with --pp needs a 3-D mesh"),
+    (2, ["--pp", "2", "--fsdp"], "--pp with --fsdp is not built here"),
+    (2, ["--tp", "2", "--dropout", "0.1"], "--tp with --dropout"),
+    (2, ["--tp", "2", "--dtype", "float16"], "--tp: float16 would need a loss scaler across the "
+     "processes; use --dtype bfloat16, or float32"),
+]
+
+
+@pytest.mark.parametrize("world, flags, expected", MODEL_PARALLEL,
+                         ids=[" ".join(f) for _, f, _ in MODEL_PARALLEL])
+def test_a_model_parallel_layout_that_cannot_work_is_refused_in_one_line(
+        world, flags, expected, flags_of, corpus, tmp_path, monkeypatch):
+    if world:  # as torchrun would have started this process, the first of world
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+    refusal(["--data_dir", str(corpus / "prepared"), "--out_dir", str(tmp_path), *TINY, *flags],
+            "train.py", expected, flags_of)
+
+
 def test_weights_and_data_of_different_tokenizers_are_refused(flags_of, corpus, tmp_path):
     """A checkpoint or GPT-2's weights learned other ids than the data's trained tokenizer gives."""
     refusal(
