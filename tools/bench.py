@@ -19,7 +19,8 @@ Rows, each measured in a fresh process so that its peak memory is its own:
   * cleaning a corpus (clean.py, on all cores): 200 MB of generated text with copies and near
     copies, and WikiText-2's train articles with planted copies (if data/wikitext-2 holds them);
   * memory per process of data parallel (DDP) and fully sharded (FSDP, shard.py) training with 1,
-    2 and 4 CPU processes (gloo) at GPT-2-124M and -350M sizes: the bytes of parameters,
+    2 and 4 CPU processes (gloo) at GPT-2-124M and -350M sizes, and of tensor parallel, FSDP x
+    TP and pipeline parallel (parallel.py) at 124M with 2 and 4: the bytes of parameters,
     gradients and AdamW's moments each process holds after one step, and its peak memory;
   * tokenizers: tokens per character of GPT-2's BPE and of BPEs trained by bpe.py, and the
     seconds training takes, on English (trained on WikiText-2 train, counted on val) and, given
@@ -40,8 +41,10 @@ Read next: docs/performance.md, what the rows show.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
 import resource
 import socket
 import statistics
@@ -59,11 +62,13 @@ import bpe
 import clean
 import data
 import monitor
+import parallel
 import runtime
 import sample
 import shard
 from adamw import AdamW
 from checkpoint import objective_for
+from config import TrainConfig
 from mlm import mlm_loss
 from model import EOT_ID, ModelConfig, flops_per_token, param_groups
 from muon import Muon
@@ -107,6 +112,8 @@ ROWS = {  # name: what to measure
     **{f"shard {size} {how} {n}": dict(task="shard", size=size, how=how, processes=n)
        for size in ("gpt2-124M", "gpt2-350M") for how in ("ddp", "fsdp") for n in (1, 2, 4)
        if (size, how, n) != ("gpt2-350M", "ddp", 4)},  # 4 x 5.7 GB: more than 24 GB of RAM
+    **{f"shard gpt2-124M {how} {n}": dict(task="shard", size="gpt2-124M", how=how, processes=n)
+       for how in ("tp", "fsdp-tp", "pp") for n in (2, 4) if (how, n) != ("fsdp-tp", 2)},
     "tokenizer gpt2, English": dict(task="tokenizer", corpus="English"),
     "tokenizer bpe 2048, English": dict(task="tokenizer", corpus="English", vocab_size=2048),
     "tokenizer bpe 8192, English": dict(task="tokenizer", corpus="English", vocab_size=8192),
@@ -333,8 +340,10 @@ def read_text(path):
 
 
 def bench_shard(row, device, dtype):
-    """One training step (batch 1, 128 tokens) in row["processes"] CPU processes, data parallel
-    or sharded: the largest of their bytes held and peak memories."""
+    """One training step in row["processes"] CPU processes, of 128-token rows, one per process
+    (the global batch): data parallel (DDP), sharded (FSDP), tensor parallel (all the rows in
+    every process of a group), FSDP x TP (2 x 2), pipeline (the rows as micro-batches, one per
+    stage): the largest of their bytes held and peak memories."""
     with tempfile.TemporaryDirectory() as folder:
         with socket.socket() as s:  # a free port for the processes to meet at
             s.bind(("127.0.0.1", 0))
@@ -345,24 +354,31 @@ def bench_shard(row, device, dtype):
 
 
 def shard_worker(rank, row, port, folder):
-    world = row["processes"]
+    world, how, cpu = row["processes"], row["how"], torch.device("cpu")
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
                                          rank=rank, world_size=world)
     torch.set_num_threads(1)
-    model, objective, _ = build(row, torch.device("cpu"))
-    if row["how"] == "fsdp":
-        shard.wrap(model, torch.device("cpu"), torch.float32)
-        trained = model
+    model, objective, _ = build(row, cpu)
+    if how == "ddp":
+        trained, held = torch.nn.parallel.DistributedDataParallel(model), model
     else:
-        trained = torch.nn.parallel.DistributedDataParallel(model)
-    optimizer = AdamW(param_groups(model, 0.1), lr=1e-4)
-    tokens = torch.randint(0, EOT_ID, (1, 128))
-    objective.loss(trained, *objective.train_batch(tokens, torch.Generator())).backward()
+        cfg = TrainConfig(fsdp=how.startswith("fsdp"), tp={"tp": world, "fsdp-tp": 2}.get(how, 1),
+                          pp=world if how == "pp" else 1, grad_accum_steps=world)
+        trained, _ = parallel.setup(model, cfg, cpu, torch.float32, objective)
+        held = trained.model if how == "pp" else trained
+    optimizer = AdamW(param_groups(held, 0.1), lr=1e-4)
+    rows = world // runtime.data_rank_and_world()[1]  # this process's share of the rows
+    batch = objective.train_batch(torch.randint(0, EOT_ID, (rows, 128)), torch.Generator())
+    if how == "pp":
+        trained.train_step(list(zip(*(x.split(1) for x in batch))), contextlib.nullcontext())
+    else:
+        objective.loss(trained, *batch).backward()
     optimizer.step()
-    held = shard.bytes_held(model, optimizer)
+    held = shard.bytes_held(held, optimizer)
     held["peak memory"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KB
     Path(folder, f"{rank}.json").write_text(json.dumps(held))
     torch.distributed.destroy_process_group()
+    os._exit(0)  # (DTensor's threads sometimes abort an ordinary exit)
 
 
 def measure(name, device, dtype, chinese=None):
