@@ -48,7 +48,8 @@ At a size that does not fit one process, one would write slices instead, as shar
 
 Run:       torchrun --standalone --nproc_per_node=2 train.py --tp 2
            torchrun --standalone --nproc_per_node=2 train.py --pp 2
-Read next: docs/parallelism.md, what each layout holds and sends (then sample.py).
+Read next: finetune.py, what a pretrained encoder is for (then sample.py). (What each layout
+           holds and sends, and when to pick which: docs/parallelism.md.)
 """
 
 import logging

@@ -27,8 +27,8 @@ as meta.pt beside them. DCP can read the slices back for any number of processes
 tensors for one process: sample.py and a resume without --fsdp read an FSDP run's checkpoint.
 
 Run:       torchrun --standalone --nproc_per_node=2 train.py --fsdp
-Read next: finetune.py, what a pretrained encoder is for (then sample.py). (Memory per process,
-           measured: docs/guide.md, "Sharding".)
+Read next: parallel.py, splitting the model itself: tensor and pipeline parallelism. (Memory
+           per process, measured: docs/parallelism.md.)
 """
 
 import shutil

@@ -17,7 +17,7 @@ CONCEPTS = ["causal vs masked LM", "15% chosen, 80/10/10", "next-token shift and
             "monitoring", "data-parallel training", "activation (gradient) checkpointing",
             "perplexity", "sampling", "cleaning and filtering", "deduplication",
             "Hugging Face model format", "fully sharded data parallel", "permuted LM",
-            "two-stream attention"]
+            "two-stream attention", "tensor parallelism", "pipeline parallelism"]
 FILE_ROW = re.compile(r"^\| (\d+) \| `([\w/.]+)` \| .+ \| ?([\w, ]*?) ?\|$", re.M)
 
 
