@@ -186,7 +186,8 @@ def fresh_configs(given):
                     f"{settings[of]:g}, so it keeps the default's share of --{of} "
                     f"({defaults[name]:g} of {defaults[of]:g})")
         settings[name] = value
-    pp, accum = settings.get("pp", 1), settings.get("grad_accum_steps", TrainConfig.grad_accum_steps)
+    pp = settings.get("pp", TrainConfig.pp)
+    accum = settings.get("grad_accum_steps", TrainConfig.grad_accum_steps)
     if pp > accum and "grad_accum_steps" not in given:  # a pipeline needs micro-batches to fill
         rows = settings.get("batch_size", TrainConfig.batch_size)
         batch = rows // pp if "batch_size" not in given and rows % pp == 0 else rows

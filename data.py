@@ -425,7 +425,9 @@ def evaluate(model, objective, tokens, batch_size, autocast, max_batches=0):
     most). max_batches > 0 stops early. With several processes, each takes every world-th batch,
     and the sums are added up across them: the same numbers as one process gets. Each process runs
     as many batches as the others (one past the end repeats the last batch, uncounted): a sharded
-    model (shard.py) gathers its weights from all processes at every forward."""
+    model (shard.py) gathers its weights from all processes at every forward. Under model
+    parallelism (parallel.py) a group of processes reads the same batches: a pipeline's stages
+    compute the sums together."""
     rank, world = runtime.data_rank_and_world()
     T, device = model.config.block_size, next(model.parameters()).device
     stage = hasattr(model, "eval_sums")  # a pipeline's stage (parallel.py): they sum together
@@ -440,7 +442,8 @@ def evaluate(model, objective, tokens, batch_size, autocast, max_batches=0):
         batch = objective.eval_batch(read_blocks(tokens, starts, length), starts)
         with autocast:
             batch = [runtime.to_device(x, device) for x in batch]
-            sums = model.eval_sums(objective, *batch) if stage else objective.eval_sums(model, *batch)
+            sums = (model.eval_sums(objective, *batch) if stage
+                    else objective.eval_sums(model, *batch))
         for name, value in sums.items():  # (a repeated last batch adds zeros)
             value = torch.stack([torch.as_tensor(v) for v in value]).to(device, torch.float64)
             totals[name] = totals.get(name, 0) + value * (i < len(plan))

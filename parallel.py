@@ -66,16 +66,20 @@ from model import param_groups
 MODELS = ("gpt", "bert")  # one Transformer of Blocks, one head: what --tp and --pp split
 
 
-def check(cfg, mcfg):
-    """Refuse a layout that cannot work, in one line that says what to run instead."""
+def check(cfg, mcfg, given):
+    """Refuse a layout that cannot work, in one line that says what to run instead (given: the
+    flags on the command line; a resumed run's layout comes from its checkpoint otherwise)."""
     tp, pp = cfg.tp, cfg.pp
     if tp == 1 and pp == 1:
         return
     flag = f"--tp {tp}" if tp > 1 else f"--pp {pp}"
     error = runtime.ConfigError
     if "RANK" not in os.environ:
+        whole = "" if flag.split()[0][2:] in given else f", or resume it in one process with " \
+            f"{flag.split()[0]} 1"
         raise error(f"{flag} splits the model across the processes torchrun starts: run "
-                    f"train.py under torchrun, {max(tp, pp)} processes (docs/parallelism.md)")
+                    f"train.py under torchrun, {max(tp, pp)} processes (docs/parallelism.md)"
+                    f"{whole}")
     world = int(os.environ["WORLD_SIZE"])
     if cfg.model not in MODELS:
         raise error(f"{flag} splits the Blocks of a GPT or a BERT; --model {cfg.model} has more "

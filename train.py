@@ -37,7 +37,9 @@ With --fsdp each process holds only a slice of the weights, gradients and AdamW'
 (shard.py), and checkpoints are folders of slices (out/ckpt.dcp).
     torchrun --standalone --nproc_per_node=4 train.py     4 GPUs (or CPU processes), one machine
     torchrun --standalone --nproc_per_node=4 train.py --fsdp          the same, sharded
-    (docs/guide.md: several machines; sharding)
+    torchrun --standalone --nproc_per_node=2 train.py --tp 2          each Block split in two
+    torchrun --standalone --nproc_per_node=2 train.py --pp 2          the Blocks in two stages
+    (docs/guide.md: several machines; sharding. docs/parallelism.md: --tp and --pp, parallel.py)
 
 Read next: shard.py, what --fsdp changes (then sample.py, using what you trained).
 """
@@ -117,10 +119,11 @@ def main(argv=None):
             raise CheckpointError(f"{path} exists: continue it with --init_from resume, or train "
                                   f"into another --out_dir (nothing trained is overwritten)")
     check_settings(cfg, given)
-    parallel.check(cfg, mcfg)
+    parallel.check(cfg, mcfg, given)
     device = runtime.pick_device(cfg.device)
     dtype = runtime.pick_dtype(cfg.dtype, device)
-    split = [f for f in ("fsdp", "tp", "pp") if getattr(cfg, f) > 1 or getattr(cfg, f) is True]
+    layouts = (("fsdp", cfg.fsdp), ("tp", cfg.tp > 1), ("pp", cfg.pp > 1))
+    split = [flag for flag, on in layouts if on]  # across processes: no float16
     if split and dtype == torch.float16:
         raise runtime.ConfigError(f"--{split[0]}: float16 would need a loss scaler across the "
                                   f"processes; use --dtype bfloat16, or float32")

@@ -523,3 +523,10 @@ def test_train_py_splits_the_model_resumes_exactly_and_sample_reads_it(corpus, s
         assert f"loss {halves[-1]['val_loss']:.4f}" in capsys.readouterr().out
     moved, unbroken = log(spawned / "pp-then-tp"), log(spawned / "pp-straight")
     assert [r["loss"] for r in moved] == pytest.approx([r["loss"] for r in unbroken], rel=2e-6)
+    # ...and in one process, which needs the layout's flag turned off (it was the checkpoint's)
+    with pytest.raises(runtime.ConfigError, match="or resume it in one process with --tp 1"):
+        train.main(["--init_from", "resume", "--out_dir", str(spawned / "tp-halves"),
+                    "--max_steps", "5"])
+    train.main(["--init_from", "resume", "--out_dir", str(spawned / "tp-halves"), "--max_steps",
+                "5", "--tp", "1"])
+    assert load_checkpoint(spawned / "tp-halves" / "ckpt.pt")["step"] == 5
