@@ -54,13 +54,14 @@ Read next: finetune.py, what a pretrained encoder is for (then sample.py). (What
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 import runtime
+import shard
 from model import param_groups
 
 MODELS = ("gpt", "bert")  # one Transformer of Blocks, one head: what --tp and --pp split
@@ -72,11 +73,11 @@ def check(cfg, mcfg, given):
     tp, pp = cfg.tp, cfg.pp
     if tp == 1 and pp == 1:
         return
-    flag = f"--tp {tp}" if tp > 1 else f"--pp {pp}"
+    name = "tp" if tp > 1 else "pp"
+    flag = f"--{name} {max(tp, pp)}"
     error = runtime.ConfigError
     if "RANK" not in os.environ:
-        whole = "" if flag.split()[0][2:] in given else f", or resume it in one process with " \
-            f"{flag.split()[0]} 1"
+        whole = f", or resume it in one process with --{name} 1" if name not in given else ""
         raise error(f"{flag} splits the model across the processes torchrun starts: run "
                     f"train.py under torchrun, {max(tp, pp)} processes (docs/parallelism.md)"
                     f"{whole}")
@@ -104,7 +105,6 @@ def check(cfg, mcfg, given):
             raise error(f"--tp {tp} on {world} processes: the {world // tp} groups would split "
                         f"the data, which needs --fsdp (a (data, tensor) mesh); or run {tp} "
                         f"processes")
-
         if mcfg.dropout > 0:
             raise error("--tp with --dropout: the processes of a group would need one dropout "
                         "on the stream they share and another in their own heads (Megatron's "
@@ -131,7 +131,6 @@ class Layout:
     tp: int = 1
     rows: torch.Tensor | None = None  # c_attn's row order under --tp (qkv_rows)
     stages: int = 1
-    tied: object = field(default=None, repr=False)  # the first and last stages' process group
 
 
 def names_of(model, groups):
@@ -172,14 +171,11 @@ def setup(raw, cfg, device, dtype, objective):
     """raw split as cfg says, across torchrun's processes (--pp, --tp, --fsdp, or --tp with
     --fsdp): (the model as train_step calls it, its Layout). Says which processes split the data
     (runtime.share_data)."""
-    import shard
     groups = param_groups(raw, 0.0)  # (AdamW's groups: Muon is refused in check)
     layout = Layout(names_of(raw, groups), tp=cfg.tp, stages=cfg.pp)
     if cfg.pp > 1:
         runtime.share_data(None)  # every stage reads the same rows: no data parallelism
-        pipeline = Pipeline(raw, cfg.grad_accum_steps, device, objective)
-        layout.tied = pipeline.tied
-        return pipeline, layout
+        return Pipeline(raw, cfg.grad_accum_steps, device, objective), layout
     if cfg.tp > 1:
         from torch.distributed.device_mesh import init_device_mesh
         # (DTensor warns at every 2-D gather that a flattened mesh would gather in one call)
