@@ -50,21 +50,43 @@ def run_program(main, argv=None):
     try:
         main(argv)
     except UserError as e:
-        sys.exit(f"error: {e}")
+        leave(f"error: {e}")
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
         if type(e) is RuntimeError and "can't allocate memory" not in str(e):
             raise  # not the machine's limit but a fault of the program: its traceback says where
         asked = re.search(r"[Tt]ried to allocate ([\d.]+ \w+)", str(e))
-        sys.exit(f"error: out of memory{f' (asked for {asked[1]})' if asked else ''}: python "
-                 f"train.py needs less with a lower --batch_size and a higher --grad_accum_steps "
-                 f"(the same gradients), --fused_head or --grad_checkpointing, or a smaller model "
-                 f"(docs/guide.md, Troubleshooting)")
+        leave(f"error: out of memory{f' (asked for {asked[1]})' if asked else ''}: python "
+              f"train.py needs less with a lower --batch_size and a higher --grad_accum_steps "
+              f"(the same gradients), --fused_head or --grad_checkpointing, or a smaller model "
+              f"(docs/guide.md, Troubleshooting)")
     except OSError as e:  # the disk or the file system said no: say where and why
         where = f"{e.filename}: " if e.filename else ""
-        sys.exit(f"error: {where}{e.strerror or e}")
+        leave(f"error: {where}{e.strerror or e}")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        leave(130)
+    if _joined:
+        leave(0)
+
+
+_joined = False  # whether this process joined torchrun's others (processes)
+
+
+def leave(status):
+    """End the program: a number, or an error line (printed, status 1), as sys.exit takes them.
+    A process that joined torchrun's others ends by os._exit once its output is flushed: the
+    threads of its process group (gloo's) sometimes abort the interpreter's own exit ("terminate
+    called without an active exception", status -6) after all the work is done and saved, and
+    torchrun then reports the run as failed (2 of 15 two-process runs of train.py here, torch
+    2.13.0's CPU build)."""
+    if not _joined:
+        sys.exit(status)
+    if isinstance(status, str):
+        print(status, file=sys.stderr)
+        status = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 class Parser(argparse.ArgumentParser):
@@ -157,12 +179,13 @@ def autocast(device, dtype):
 def processes(device):
     """Join torchrun's processes (it sets RANK and the others) for the length of a run, and yield
     this process's torch.device: NCCL between GPUs (one each), gloo between CPU processes."""
-    global _data
+    global _data, _joined
     _data = None  # every process splits the data, until parallel.py says otherwise
     if "RANK" not in os.environ:  # a plain `python train.py`: one process
         yield torch.device(device)
         return
     dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    _joined = True  # (leave)
     if device == "cuda":
         device = f"cuda:{os.environ['LOCAL_RANK']}"
         torch.cuda.set_device(device)

@@ -117,7 +117,11 @@ def worker(rank, ports, out, corpus):
             Path(f"{out}/refused{rank}.txt").write_text(str(e), encoding="utf-8")
         store.set(f"{i}/{rank}", "done")  # the next run starts when both have ended this one,
         store.wait([f"{i}/0", f"{i}/1"])  # as the next launch of two new processes would
-    os._exit(0)  # (DTensor's threads sometimes abort an ordinary exit: "terminate called...")
+    if rank == 1:  # the first process holds the store: it leaves last, or the other's wait breaks
+        store.set("left", "1")
+    else:
+        store.wait(["left"])
+    os._exit(0)  # (as runtime.leave: gloo's threads sometimes abort an ordinary exit)
 
 
 # train.py in the two processes above: DDP and FSDP runs stopped halfway and resumed; FSDP unbroken
