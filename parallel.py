@@ -206,8 +206,8 @@ class Pipeline(nn.Module):
         start = rank * (L // n) + min(rank, L % n)  # the first L % n stages take one more Block
         self.blocks = range(start, start + L // n + (rank < L % n))
         self.first, self.last, self.n = rank == 0, rank == n - 1, n
-        self.model, self.config, self.objective = keep_stage(model, self.blocks, self.first,
-                                                             self.last), model.config, objective
+        self.model = keep_stage(model, self.blocks, self.first, self.last)
+        self.config, self.objective = model.config, objective
         self.tied = dist.new_group([0, n - 1])  # (every process must make every group)
         self.device = device
         stage = PipelineStage(self, rank, n, device)
@@ -262,6 +262,11 @@ class Pipeline(nn.Module):
         return sums[0]
 
 
+def held(model):
+    """The model this process holds: a pipeline stage's part of it, or the model itself."""
+    return model.model if isinstance(model, Pipeline) else model
+
+
 class Head:
     """A model whose trunk has run (the last stage's features): called as an objective calls its
     model, it runs the head only."""
@@ -299,7 +304,8 @@ def clip_grad_norm_(params, max_norm, pipeline=None):
     split and whole parameters sit side by side, which torch's function refuses); with a
     pipeline, over every stage's gradients, the tied matrix once. Returns the norm before
     clipping."""
-    grads = [p.grad for p in params if p.grad is not None and not (pipeline and pipeline.copy(p))]
+    grads = [p.grad for p in params
+             if p.grad is not None and not (pipeline is not None and pipeline.copy(p))]
     norms = [g.norm().full_tensor() if hasattr(g, "full_tensor") else g.norm() for g in grads]
     square = torch.stack(norms).float().square().sum() if norms else torch.zeros(())
     if pipeline is not None:
@@ -326,7 +332,7 @@ def whole(name, tensor, layout):
 def whole_state(model, optimizer, layout):
     """(weights, optimizer state) of the whole model as one process holds them (train.py's
     ckpt.pt), on rank 0; (None, None) in the others. Every process must call it."""
-    raw = model.model if isinstance(model, Pipeline) else model
+    raw = held(model)
     if hasattr(raw, "reshard"):  # FSDP: the root's weights may be gathered after an evaluation
         raw.reshard()
     mine = [n for names in names_of(raw, optimizer.param_groups) for n in names]
@@ -356,7 +362,7 @@ def moments_for(whole_optimizer, model, optimizer, layout):
     """A whole checkpoint's optimizer state (one process's, or whole_state's) as this process's
     optimizer holds it: its parameters' moments, reordered and cut into its slices."""
     from torch.distributed.tensor import distribute_tensor
-    raw = model.model if isinstance(model, Pipeline) else model
+    raw = held(model)
     flat = [n for names in layout.names for n in names]
     by_name = {flat[i]: s for i, s in whole_optimizer["state"].items()}
     params = [p for g in optimizer.param_groups for p in g["params"]]

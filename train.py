@@ -158,8 +158,7 @@ def train(mcfg, cfg, checkpoint, device, dtype, given):
     monitor.print_start(raw, objective, splits, cfg, device, dtype)
     flops = flops_per_token(raw, raw.config.block_size, objective.head_fraction)  # the whole's
     model, layout = distribute(raw, cfg, device, dtype, objective)  # as each process trains it
-    raw = runtime.unwrap(model)
-    raw = raw.model if isinstance(raw, parallel.Pipeline) else raw  # (a stage holds a part)
+    raw = parallel.held(runtime.unwrap(model))  # (a pipeline's stage holds a part)
     muon = cfg.optimizer == "muon"
     optimizer = (Muon if muon else AdamW)(param_groups(raw, cfg.weight_decay, muon=muon),
                                           lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)

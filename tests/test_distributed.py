@@ -54,12 +54,11 @@ def run_steps(model, kind, losses=None, layout=None):
     whole weights instead, by name, in the first process (None in the others)."""
     objective = objective_for(kind, eot_id=EOT)
     raw = model.module if isinstance(model, DistributedDataParallel) else model
-    held = raw.model if isinstance(raw, parallel.Pipeline) else raw  # (a pipeline's stage)
     # A modest lr: the attention's key bias has a true gradient of exactly 0 (it adds the same
     # amount to every score of a query, and softmax ignores that), so its gradient is float noise,
     # which Adam turns into steps of about lr * |noise| / eps that differ between any two ways of
     # summing.
-    optimizer = AdamW(param_groups(held, 0.1), lr=1e-3)
+    optimizer = AdamW(param_groups(parallel.held(raw), 0.1), lr=1e-3)  # (a stage: its part)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     rank, world = runtime.data_rank_and_world()  # (model parallel: the processes share rows)
     off = torch.autocast("cpu", enabled=False)
@@ -162,8 +161,8 @@ TWO_LAYOUTS = {"tp": {"tp": 2}, "pp": {"pp": 2}}
 
 def split_steps(kind, layout):
     """The steps of run_steps, the model split across the processes as layout says (TrainConfig's
-    tp, pp, fsdp): its losses, evaluation and whole weights; and the numbers of parameters and
-    moments this process holds."""
+    tp, pp, fsdp): its losses, evaluation and whole weights; and the number of elements of each
+    parameter this process holds, by name."""
     torch.manual_seed(0)
     model = objective_for(kind).Model(ModelConfig(**CASES[kind]))
     cfg = TrainConfig(model=kind, optimizer="adamw", grad_accum_steps=2 * ACCUM, **layout)
@@ -171,7 +170,7 @@ def split_steps(kind, layout):
                                  objective_for(kind, eot_id=EOT))
     losses = []
     params, evaluation = run_steps(model, kind, losses, plan)
-    held = model.model if isinstance(model, parallel.Pipeline) else model
+    held = parallel.held(model)
     names = {id(p): n for n, p in held.named_parameters()}
     counts = {names[id(p)]: shard.local(p).numel() for p in held.parameters()}
     return {"params": params, "evaluation": evaluation, "losses": losses, "held": counts}

@@ -365,7 +365,7 @@ def shard_worker(rank, row, port, folder):
         cfg = TrainConfig(fsdp=how.startswith("fsdp"), tp={"tp": world, "fsdp-tp": 2}.get(how, 1),
                           pp=world if how == "pp" else 1, grad_accum_steps=world)
         trained, _ = parallel.setup(model, cfg, cpu, torch.float32, objective)
-        held = trained.model if how == "pp" else trained
+        held = parallel.held(trained)
     optimizer = AdamW(param_groups(held, 0.1), lr=1e-4)
     rows = world // runtime.data_rank_and_world()[1]  # this process's share of the rows
     batch = objective.train_batch(torch.randint(0, EOT_ID, (rows, 128)), torch.Generator())
